@@ -1,0 +1,1 @@
+"""Example third-party pgx plugin: the ``line-count`` stage."""

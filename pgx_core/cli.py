@@ -1,0 +1,326 @@
+"""The ``pgx`` command line (SPEC §5). Parses arguments, calls the runtime, maps errors to exit codes.
+
+No business logic lives here. Human output goes to stdout on a terminal; ``--json`` prints one JSON
+document instead. Logs are JSON lines on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pgx_core import __version__, log
+from pgx_core.errors import PgxError, SpecError, UsageError, scrub
+from pgx_core.exitcodes import ExitCode
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _emit(args: argparse.Namespace, doc: Any, human: Callable[[], None]) -> None:
+    if args.json:
+        print(json.dumps(doc, indent=1, default=str))
+    else:
+        human()
+
+
+def _plugins_and_spec(path: str) -> tuple[Any, Any]:
+    from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
+    from pgx_core.runspec import load_spec  # noqa: PLC0415
+
+    plugins = make_plugin_manager()
+    try:
+        spec = load_spec(path, plugins.registry)
+    except SpecError as err:
+        note = plugins.failure_note()
+        if note and any("unknown stage type" in p.message for p in err.problems):
+            from pgx_core.errors import SpecProblem  # noqa: PLC0415
+
+            err = SpecError(err.source, [*err.problems, SpecProblem("", note)])
+        raise err from None
+    return plugins, spec
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    _, spec = _plugins_and_spec(args.spec)
+    doc = {"valid": True, "spec": args.spec, "fingerprint": spec.fingerprint()}
+    if args.show:
+        doc["normalized"] = spec.canonical()
+
+    def human() -> None:
+        print(f"{args.spec}: valid ({len(spec.stages)} stages, {spec.fingerprint()})")
+        if args.show:
+            import yaml  # noqa: PLC0415
+
+            print(yaml.safe_dump(spec.canonical(), sort_keys=True), end="")
+
+    _emit(args, doc, human)
+    return ExitCode.OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
+
+    plugins = make_plugin_manager()
+    rows: list[dict[str, Any]] = [
+        {
+            "name": i.name,
+            "distribution": i.distribution,
+            "version": i.version,
+            "stages": list(i.stages),
+            "error": i.error,
+        }
+        for i in plugins.infos
+    ]
+
+    def human() -> None:
+        for r in rows:
+            if r["error"]:
+                print(f"{r['name']:<14} {r['distribution']} {r['version']}  FAILED TO LOAD: {r['error']}")
+            else:
+                print(f"{r['name']:<14} {r['distribution']} {r['version']}  stages: {', '.join(r['stages']) or '-'}")
+        for name, cls in plugins.registry.items():
+            print(f"  {name:<18} tx={cls.tx:<6} script_name={cls.script_name}")
+
+    _emit(args, {"plugins": rows}, human)
+    return ExitCode.OK
+
+
+def _runner(args: argparse.Namespace, **kw: Any) -> Any:
+    from pgx_core.runner import Runner  # noqa: PLC0415
+
+    plugins, spec = _plugins_and_spec(args.spec)
+    return Runner(spec, plugins, stages=getattr(args, "stage", None) or None, **kw)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    runner = _runner(args, resume=not args.no_resume, limit=args.limit)
+    plans = runner.plan()
+    doc = {
+        "run_name": runner.spec.name,
+        "stages": [
+            {
+                "stage": p.stage.name,
+                "type": p.stage.use,
+                "run": [{"entity": d.state_entity, "reason": d.reason} for d in p.to_run],
+                "skip": [{"entity": d.state_entity, "reason": d.reason} for d in p.skipped],
+            }
+            for p in plans
+        ],
+        "note": "later stages are planned against the lake as it is now; earlier stages may add entities",
+    }
+
+    def human() -> None:
+        for p in plans:
+            print(f"stage {p.stage.name} ({p.stage.use}): {len(p.to_run)} to run, {len(p.skipped)} skipped")
+            for d in p.decisions:
+                print(f"  {'run ' if d.run else 'skip'}  {d.state_entity}  ({d.reason})")
+
+    _emit(args, doc, human)
+    return ExitCode.OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pgx_core.progress import Progress  # noqa: PLC0415
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.get_logger("cli").warning(
+            "stop requested", extra={"event": "signal", "signal": signal.Signals(signum).name}
+        )
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    progress = Progress(enabled=not args.json and sys.stderr.isatty())
+    runner = _runner(
+        args,
+        resume=not args.no_resume,
+        limit=args.limit,
+        executor=args.executor,
+        stop=stop,
+        on_progress=progress.update if progress.enabled else None,
+    )
+    code = runner.execute()
+    progress.close()
+    doc = {"run_id": runner.run_id, "exit_code": int(code), "summaries": runner.summaries}
+
+    def human() -> None:
+        print(f"run {runner.run_id} finished: exit {int(code)} ({ExitCode(code).name.lower()})")
+        for s in runner.summaries:
+            print(f"  summary: {s}")
+
+    _emit(args, doc, human)
+    return int(code)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pgx_core.status import stage_status  # noqa: PLC0415
+
+    runner = _runner(args)
+    rows = stage_status(runner)
+
+    def human() -> None:
+        for r in rows:
+            c = r["counts"]
+            print(
+                f"{r['stage']:<20} completed {c['completed']:>5}  failed {c['failed']:>5}  "
+                f"pending {c['pending']:>5}  locked {c['locked']:>5}  last runs: {', '.join(r['last_run_ids']) or '-'}"
+            )
+
+    _emit(args, {"stages": rows}, human)
+    return ExitCode.OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from pgx_core.rollback import rollback_run  # noqa: PLC0415
+
+    runner = _runner(args)
+    report = rollback_run(runner.spec, args.run_id, runner.lake_store, runner.state_store)
+    doc = {
+        "run_id": report.run_id,
+        "backup_prefix": report.backup_prefix,
+        "restored": report.restored,
+        "states_updated": report.states_updated,
+    }
+
+    def human() -> None:
+        print(f"rolled back run {report.run_id}: restored {len(report.restored)} objects from {report.backup_prefix}")
+
+    _emit(args, doc, human)
+    return ExitCode.OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from pgx_core.backup import backup_s3_prefix  # noqa: PLC0415
+    from pgx_core.storage import StoreConfig  # noqa: PLC0415
+
+    prefix = backup_s3_prefix(
+        args.src_prefix, args.backup_root, StoreConfig(endpoint_url=args.endpoint_url, region=args.region)
+    )
+    _emit(args, {"backup_prefix": prefix}, lambda: print(prefix))
+    return ExitCode.OK
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from pgx_apcd.sample import generate  # noqa: PLC0415
+
+    manifest = generate(args.outdir, rows=args.rows, seed=args.seed, defects=args.defects)
+    doc = json.loads(manifest.to_json())
+    _emit(args, doc, lambda: print(f"wrote {len(manifest.files)} files under {args.outdir}"))
+    return ExitCode.OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pgx_core.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(args.dir, rows=args.rows, executor=args.executor, as_json=args.json)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document instead of human output")
+    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p = argparse.ArgumentParser(
+        prog="pgx", description="Pipeline runtime for APCD claims data lakes.", parents=[common]
+    )
+    p.add_argument("--version", action="version", version=f"pgx {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, fn: Handler, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, parents=[common])
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = add("validate", cmd_validate, "validate a run spec")
+    sp.add_argument("spec")
+    sp.add_argument("--show", action="store_true", help="print the normalized spec")
+
+    sp = add("plan", cmd_plan, "show which entities would run and which are skipped; writes nothing")
+    sp.add_argument("spec")
+    sp.add_argument("--stage", action="append", metavar="NAME")
+    sp.add_argument("--limit", type=int)
+    sp.add_argument("--no-resume", action="store_true")
+
+    sp = add("run", cmd_run, "run the stages of a spec (resume is the default)")
+    sp.add_argument("spec")
+    sp.add_argument("--stage", action="append", metavar="NAME", help="run only this stage (repeatable)")
+    sp.add_argument("--limit", type=int, help="process at most N entities per stage")
+    sp.add_argument("--no-resume", action="store_true", help="redo every entity")
+    sp.add_argument("--executor", choices=["local", "ray"], help="override executor.type")
+
+    sp = add("status", cmd_status, "per stage: entities completed / failed / pending / locked")
+    sp.add_argument("spec")
+
+    sp = add("rollback", cmd_rollback, "restore every object a run replaced, from its backups")
+    sp.add_argument("spec")
+    sp.add_argument("--run-id", required=True)
+
+    sp = add("backup", cmd_backup, "copy every object under SRC_PREFIX to BACKUP_ROOT/backup_<stamp>/")
+    sp.add_argument("src_prefix")
+    sp.add_argument("backup_root")
+    sp.add_argument("--endpoint-url", default=None, help="S3 endpoint (MinIO, moto)")
+    sp.add_argument("--region", default="us-east-1")
+
+    add("plugins", cmd_plugins, "installed plugins, versions and stage types")
+
+    sp = add("sample", cmd_sample, "write synthetic APCD extracts")
+    sp.add_argument("outdir")
+    sp.add_argument("--rows", type=int, default=20_000)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--defects", action="store_true", help="inject every defect of SPEC Appendix B")
+
+    sp = add("demo", cmd_demo, "sample data into a local lake and the whole pipeline on it")
+    sp.add_argument("--dir", default="./pgx-demo")
+    sp.add_argument("--rows", type=int, default=200_000)
+    sp.add_argument("--executor", choices=["local", "ray"], default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors; SPEC §5 says 64
+        code = exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+        return ExitCode.USAGE if code == 2 else code
+    log.setup(args.log_level)
+    try:
+        code = int(args.func(args))
+    except PgxError as exc:
+        if args.json:
+            doc: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc), "exit_code": int(exc.exit_code)}
+            if isinstance(exc, SpecError):
+                doc["problems"] = [{"path": p.path, "message": p.message} for p in exc.problems]
+            print(json.dumps(doc, indent=1))
+        else:
+            print(f"pgx: {exc}", file=sys.stderr)
+        code = int(exc.exit_code)
+    except KeyboardInterrupt:
+        code = int(ExitCode.TRANSIENT)
+    except Exception as exc:
+        log.get_logger("cli").error(
+            "internal error",
+            extra={"event": "internal_error", "error_type": type(exc).__name__, "frames": log.safe_traceback(exc)},
+        )
+        print(f"pgx: internal error: {type(exc).__name__}: {scrub(str(exc))}", file=sys.stderr)
+        code = int(ExitCode.INTERNAL)
+    return code
+
+
+def _entry() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["UsageError", "build_parser", "main"]

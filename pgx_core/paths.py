@@ -1,0 +1,215 @@
+"""Every lake path (SPEC §3). Nothing else in pgx formats a lake path.
+
+Lake URIs are ``s3://BUCKET[/PREFIX]`` or ``file:///ABS/PATH``. Helpers return URIs with a
+trailing ``/`` for prefixes and without one for objects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+ZONES: tuple[str, ...] = ("bronze", "silver", "gold")
+DEFAULT_LAKE = "s3://pgxdatalake"
+STATE_DIR = "pgx-pipeline-status"
+SUMMARY_DIR = "pgx_pipeline"
+STAGING_DIR = "_staging"
+
+
+def default_lake() -> str:
+    return os.environ.get("PGX_LAKE") or DEFAULT_LAKE
+
+
+def _root(lake: str | None) -> str:
+    return (lake or default_lake()).rstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with single slashes (``join("s3://b/", "x/", "y")`` → ``s3://b/x/y``)."""
+    out = base.rstrip("/")
+    for part in parts:
+        stripped = part.strip("/")
+        if stripped:
+            out = f"{out}/{stripped}"
+    return out
+
+
+def relative(uri: str, prefix: str) -> str:
+    """``uri`` relative to ``prefix`` (which it must start with)."""
+    p = prefix.rstrip("/") + "/"
+    if not uri.startswith(p):
+        raise ValueError(f"{uri} is not under {p}")
+    return uri[len(p) :]
+
+
+def zone_root(zone: str, lake: str | None = None) -> str:
+    """``<lake>/<zone>/``. Unknown zone → ``ValueError`` naming the allowed zones."""
+    if zone not in ZONES:
+        raise ValueError(f"unknown zone {zone!r}: expected one of {', '.join(ZONES)}")
+    return f"{_root(lake)}/{zone}/"
+
+
+def partition_dir(age_band: str, event_year: int | str) -> str:
+    """Hive partition directories; the band keeps its hyphen (``age_band=65-74/event_year=2019``)."""
+    return f"age_band={age_band}/event_year={event_year}"
+
+
+def build_zone_path(  # noqa: PLR0917 - the signature is the team's existing public API (SPEC §3)
+    zone: str,
+    data_type: str | None = None,
+    age_band: str | None = None,
+    event_year: int | str | None = None,
+    suffix: str = "",
+    lake: str | None = None,
+) -> str:
+    """A zone path; silver adds ``imputed/``. Trailing ``/`` unless ``suffix`` names a file.
+
+    ``build_zone_path("silver", "medical", "65-74", 2019)`` →
+    ``s3://pgxdatalake/silver/imputed/medical/age_band=65-74/event_year=2019/``.
+    """
+    parts = [zone_root(zone, lake).rstrip("/")]
+    if zone == "silver":
+        parts.append("imputed")
+    if data_type:
+        parts.append(data_type)
+    if age_band is not None:
+        parts.append(f"age_band={age_band}")
+    if event_year is not None:
+        parts.append(f"event_year={event_year}")
+    path = "/".join(parts) + "/"
+    if suffix:
+        path += suffix.lstrip("/")
+    return path
+
+
+_OLD_SILVER = re.compile(r"^(?P<root>.*?)/silver/(?:imputed/)?(?P<type>[a-z]+?)(?:_partitioned|_imputed)?(?:/|$)")
+
+
+def convert_raw_to_imputed_path(
+    raw_path: str, data_type: str, age_band: str | None = None, event_year: int | str | None = None
+) -> str:
+    """Convert an older silver prefix or glob to the canonical silver prefix, keeping the bucket.
+
+    Accepts ``…/silver/<type>/…``, ``…/silver/imputed/<type>_partitioned/…`` and the canonical
+    form, with or without ``*.parquet`` / ``**/*.parquet`` globs and existing partition dirs.
+    """
+    path = re.sub(r"(/\*\*)?/\*\.parquet$", "", raw_path.strip())
+    m = _OLD_SILVER.match(path + "/")
+    if m is None:
+        raise ValueError(f"not a silver path: {raw_path!r} (expected …/silver/<type>/…)")
+    lake = m.group("root")
+    return build_zone_path("silver", data_type, age_band, event_year, lake=lake)
+
+
+# --- canonical object locations -----------------------------------------------------------------
+
+
+def raw_prefix(lake: str, data_type: str) -> str:
+    return f"{_root(lake)}/raw/{data_type}/"
+
+
+def bronze_object(lake: str, data_type: str, stem: str) -> str:
+    return f"{_root(lake)}/bronze/{data_type}/{stem}.parquet"
+
+
+def bronze_repro_object(lake: str, data_type: str, stem: str) -> str:
+    return f"{_root(lake)}/bronze/{data_type}/{stem}.repro.parquet"
+
+
+def bronze_rejects_object(lake: str, data_type: str, stem: str) -> str:
+    return f"{_root(lake)}/bronze/_rejects/{data_type}/{stem}.rejects.parquet"
+
+
+def silver_object(lake: str, data_type: str, age_band: str, event_year: int | str) -> str:
+    return build_zone_path("silver", data_type, age_band, event_year, f"{data_type}_data.parquet", lake)
+
+
+def silver_quarantine_object(lake: str, data_type: str) -> str:
+    return f"{_root(lake)}/silver/_quarantine/{data_type}/{data_type}_quarantine.parquet"
+
+
+def demographics_object(lake: str, event_year: int | str) -> str:
+    return f"{_root(lake)}/silver/imputed/demographics/event_year={event_year}/demographics_data.parquet"
+
+
+def gold_object(lake: str, dataset: str, age_band: str, event_year: int | str) -> str:
+    return build_zone_path("gold", dataset, age_band, event_year, f"{dataset}_data.parquet", lake)
+
+
+def target_code_prefix(lake: str) -> str:
+    return f"{_root(lake)}/gold/target_code/"
+
+
+def staging_root(lake: str, run_id: str) -> str:
+    return f"{_root(lake)}/{STAGING_DIR}/{run_id}/"
+
+
+def staging_object(lake: str, run_id: str, final_uri: str) -> str:
+    """The staging twin of a final object: ``<lake>/_staging/<run_id>/<key relative to lake>``."""
+    return staging_root(lake, run_id) + relative(final_uri, _root(lake))
+
+
+def summary_object(lake: str, script_name: str, run_id: str) -> str:
+    return f"{_root(lake)}/{SUMMARY_DIR}/{script_name}/run_id={run_id}/summary.json"
+
+
+def summaries_prefix(lake: str, script_name: str | None = None) -> str:
+    base = f"{_root(lake)}/{SUMMARY_DIR}/"
+    return base + (f"{script_name}/" if script_name else "")
+
+
+def default_state_root(lake: str) -> str:
+    """``s3://pgx-repository`` for S3 lakes, ``<lake>/_state`` for file lakes (SPEC §4)."""
+    return "s3://pgx-repository" if lake.startswith("s3://") else f"{_root(lake)}/_state"
+
+
+def default_backup_root(lake: str) -> str:
+    return f"{_root(lake)}/_backups/"
+
+
+def lake_key(lake: str) -> str:
+    """Path-safe lake identity used in state entity names: ``pgxdatalake`` or ``local``."""
+    if lake.startswith("file://"):
+        return "local"
+    return _root(lake).removeprefix("s3://").replace("/", "_")
+
+
+def safe_id(*parts: str) -> str:
+    """Join entity id parts with ``__``, mapping characters unsafe in object keys to ``_``."""
+    return "__".join(re.sub(r"[^A-Za-z0-9=._-]+", "_", p) for p in parts)
+
+
+def state_prefix(state_root: str, pipeline: str, entity: str | None = None) -> str:
+    base = f"{_root(state_root)}/{STATE_DIR}/{pipeline}/"
+    return base + (f"{entity}/" if entity else "")
+
+
+def state_object(state_root: str, pipeline: str, entity: str) -> str:
+    return state_prefix(state_root, pipeline, entity) + "state.json"
+
+
+def lease_object(state_root: str, pipeline: str, entity: str) -> str:
+    return state_prefix(state_root, pipeline, entity) + "lease.json"
+
+
+def tracker_object(state_root: str, pipeline: str) -> str:
+    return state_prefix(state_root, pipeline) + "global_tracker.json"
+
+
+def backup_prefix(backup_root: str, stamp: str) -> str:
+    return f"{_root(backup_root)}/backup_{stamp}/"
+
+
+def is_raw_text(uri: str) -> bool:
+    return uri.lower().endswith((".txt", ".csv"))
+
+
+def stem(uri: str) -> str:
+    """File name without directory and extension."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def filter_raw(uris: Iterable[str]) -> list[str]:
+    return sorted(u for u in uris if is_raw_text(u))

@@ -1,0 +1,128 @@
+"""Plugin manager factory (SPEC §11). There is no global manager: each command builds one.
+
+Plugins are found through the ``pgx.plugins`` entry-point group — the built-in stages too.
+``PGX_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point or distribution name. A plugin that
+fails to import or to register is recorded with its name and cause instead of crashing the
+command; a spec that needs one of its stages then fails validation naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from pgx_core import hookspecs
+from pgx_core.errors import PgxError, PluginError, scrub
+from pgx_core.log import get_logger
+from pgx_core.stage import StageRegistry
+
+GROUP = "pgx.plugins"
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str  # entry-point name
+    distribution: str
+    version: str
+    stages: tuple[str, ...]
+    error: str | None = None  # set when the plugin failed to load
+
+
+class Plugins:
+    """A loaded plugin manager with its stage registry and a typed facade over the hooks."""
+
+    def __init__(self, pm: pluggy.PluginManager, registry: StageRegistry, infos: list[PluginInfo]) -> None:
+        self.pm = pm
+        self.registry = registry
+        self.infos = infos
+
+    @property
+    def failures(self) -> list[PluginInfo]:
+        return [i for i in self.infos if i.error]
+
+    def failure_note(self) -> str:
+        """One line naming every plugin that failed to load (for validation messages)."""
+        return "; ".join(f"plugin {i.name} failed to load: {i.error}" for i in self.failures)
+
+    def stage_plugin(self, stage_type: str) -> PluginInfo | None:
+        return next((i for i in self.infos if stage_type in i.stages), None)
+
+    # --- lifecycle hooks ------------------------------------------------------------------------
+    def call(self, hook: str, *, must_succeed: bool = False, **kwargs: Any) -> None:
+        """Fire a lifecycle hook. Observer hooks never break a run: their errors are logged."""
+        try:
+            getattr(self.pm.hook, hook)(**kwargs)
+        except Exception as exc:
+            if must_succeed:
+                raise PluginError(f"Hook {hook} failed: {type(exc).__name__}: {scrub(str(exc))}") from exc
+            log.error(
+                "hook failed",
+                extra={"event": "hook_failed", "hook": hook, "error": f"{type(exc).__name__}: {scrub(str(exc))}"},
+            )
+
+
+def _disabled() -> set[str]:
+    return {p.strip() for p in os.environ.get("PGX_DISABLE_PLUGINS", "").split(",") if p.strip()}
+
+
+def _dist(ep: EntryPoint) -> tuple[str, str]:
+    dist = ep.dist
+    return (dist.name, dist.version) if dist is not None else ("?", "?")
+
+
+def make_plugin_manager(extra_plugins: list[tuple[str, object]] | None = None, *, entrypoints: bool = True) -> Plugins:
+    """Build a plugin manager: load entry points, register stages, check pending hooks.
+
+    ``extra_plugins`` registers in-process plugin objects (tests, embedding) as ``(name, obj)``.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    disabled = _disabled()
+    loaded: list[tuple[str, str, str]] = []  # (name, distribution, version)
+    infos: list[PluginInfo] = []
+    if entrypoints:
+        for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+            dist, version = _dist(ep)
+            if ep.name in disabled or dist in disabled:
+                pm.set_blocked(ep.name)
+                continue
+            try:
+                obj = ep.load()
+                pm.register(obj, name=ep.name)
+            except Exception as exc:
+                # str(exc) of an import error is code, not data; scrub anyway, it is cheap.
+                cause = f"{type(exc).__name__}: {scrub(str(exc))}"
+                infos.append(PluginInfo(ep.name, dist, version, (), cause))
+                log.error(
+                    "plugin failed to load", extra={"event": "plugin_load_failed", "plugin": ep.name, "error": cause}
+                )
+                continue
+            loaded.append((ep.name, dist, version))
+    for name, obj in extra_plugins or []:
+        if name not in disabled:
+            pm.register(obj, name=name)
+            loaded.append((name, name, "0"))
+
+    registry = StageRegistry()
+    by_plugin: dict[str, list[str]] = {}
+    for impl in pm.hook.pgx_register_stages.get_hookimpls():
+        before = set(registry.names())
+        registry._current_plugin = impl.plugin_name
+        try:
+            impl.function(registry=registry)
+        except PgxError:
+            raise
+        except Exception as exc:
+            cause = f"{type(exc).__name__}: {scrub(str(exc))}"
+            raise PluginError(f"Plugin {impl.plugin_name} failed to register its stages: {cause}") from exc
+        by_plugin[impl.plugin_name] = sorted(set(registry.names()) - before)
+    pm.check_pending()
+    for name, dist, version in loaded:
+        infos.append(PluginInfo(name, dist, version, tuple(by_plugin.get(name, ()))))
+    infos.sort(key=lambda i: i.name)
+    return Plugins(pm, registry, infos)

@@ -1,0 +1,1 @@
+"""APCD domain: the feed's column layouts (SPEC Appendix A) and the synthetic data generator."""

@@ -1,0 +1,67 @@
+"""Project-internal test helpers (the reusable plugin-author fixtures live in pgx_core.testing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+SUPPORT = Path(__file__).parent / "support"
+REPO = Path(__file__).parent.parent
+
+
+def write_plugin_dist(site: Path, dist: str, entry_name: str, module: str, source: str | None = None) -> None:
+    """Make a fake installed distribution under ``site`` with a ``pgx.plugins`` entry point.
+
+    importlib.metadata discovers ``*.dist-info`` folders on ``sys.path``, so adding ``site`` to
+    PYTHONPATH "installs" it for a subprocess without pip.
+    """
+    info = site / f"{dist.replace('-', '_')}-0.0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text(f"[pgx.plugins]\n{entry_name} = {module}\n")
+    if source is not None:
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Returns ``add(dist, entry, module, source=None)``; the site dir is on sys.path and PYTHONPATH."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(SUPPORT))
+
+    def add(dist: str, entry: str, module: str, source: str | None = None) -> Path:
+        write_plugin_dist(site, dist, entry, module, source)
+        import importlib
+
+        importlib.invalidate_caches()
+        return site
+
+    return add
+
+
+@pytest.fixture
+def teststage(plugin_site: Callable[..., Path]) -> Path:
+    """Install the copy-table test stage (tests/support/pgx_teststage.py) for in- and out-of-process runs."""
+    return plugin_site("pgx-teststage", "teststage", "pgx_teststage")
+
+
+def pgx(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``pgx`` CLI in a subprocess (the real entry point, real exit codes)."""
+    cmd = [sys.executable, "-m", "pgx_core", *args]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pgx {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc

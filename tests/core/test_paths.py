@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import pytest
+
+from pgx_core import paths
+
+
+def test_zone_root_default_lake_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGX_LAKE", raising=False)
+    assert paths.zone_root("gold") == "s3://pgxdatalake/gold/"
+    monkeypatch.setenv("PGX_LAKE", "file:///data/lake")
+    assert paths.zone_root("bronze") == "file:///data/lake/bronze/"
+    assert paths.zone_root("silver", lake="s3://b/p/") == "s3://b/p/silver/"
+
+
+def test_zone_root_unknown_zone_names_allowed_zones() -> None:
+    with pytest.raises(ValueError, match="unknown zone 'platinum': expected one of bronze, silver, gold"):
+        paths.zone_root("platinum")
+
+
+def test_build_zone_path_spec_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGX_LAKE", raising=False)
+    assert (
+        paths.build_zone_path("silver", "medical", "65-74", 2019)
+        == "s3://pgxdatalake/silver/imputed/medical/age_band=65-74/event_year=2019/"
+    )
+    assert paths.build_zone_path("gold", "pharmacy", lake="file:///l") == "file:///l/gold/pharmacy/"
+    assert (
+        paths.build_zone_path("gold", "pharmacy", "0-12", 2016, "pharmacy_data.parquet", lake="s3://b")
+        == "s3://b/gold/pharmacy/age_band=0-12/event_year=2016/pharmacy_data.parquet"
+    )
+    assert paths.build_zone_path("bronze", lake="s3://b") == "s3://b/bronze/"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "s3://bkt/silver/medical/",
+        "s3://bkt/silver/medical/*.parquet",
+        "s3://bkt/silver/medical/**/*.parquet",
+        "s3://bkt/silver/imputed/medical_partitioned/",
+        "s3://bkt/silver/imputed/medical_partitioned/**/*.parquet",
+        "s3://bkt/silver/imputed/medical/",
+        "s3://bkt/silver/medical/age_band=65-74/event_year=2019/*.parquet",
+    ],
+)
+def test_convert_raw_to_imputed_path_keeps_bucket(raw: str) -> None:
+    assert paths.convert_raw_to_imputed_path(raw, "medical") == "s3://bkt/silver/imputed/medical/"
+    assert (
+        paths.convert_raw_to_imputed_path(raw, "medical", "65-74", 2019)
+        == "s3://bkt/silver/imputed/medical/age_band=65-74/event_year=2019/"
+    )
+
+
+def test_convert_raw_to_imputed_path_rejects_non_silver() -> None:
+    with pytest.raises(ValueError, match="not a silver path"):
+        paths.convert_raw_to_imputed_path("s3://bkt/gold/medical/", "medical")
+
+
+def test_canonical_locations() -> None:
+    lake = "s3://pgxdatalake"
+    assert paths.bronze_object(lake, "pharmacy", "Q1") == "s3://pgxdatalake/bronze/pharmacy/Q1.parquet"
+    assert (
+        paths.bronze_rejects_object(lake, "medical", "Q1")
+        == "s3://pgxdatalake/bronze/_rejects/medical/Q1.rejects.parquet"
+    )
+    assert (
+        paths.silver_object(lake, "medical", "65-74", 2019)
+        == "s3://pgxdatalake/silver/imputed/medical/age_band=65-74/event_year=2019/medical_data.parquet"
+    )
+    assert (
+        paths.silver_quarantine_object(lake, "pharmacy")
+        == "s3://pgxdatalake/silver/_quarantine/pharmacy/pharmacy_quarantine.parquet"
+    )
+    assert (
+        paths.demographics_object(lake, 2018)
+        == "s3://pgxdatalake/silver/imputed/demographics/event_year=2018/demographics_data.parquet"
+    )
+    assert (
+        paths.gold_object(lake, "medical", "unknown", 2020)
+        == "s3://pgxdatalake/gold/medical/age_band=unknown/event_year=2020/medical_data.parquet"
+    )
+    assert (
+        paths.staging_object(lake, "R1", "s3://pgxdatalake/gold/x.parquet")
+        == "s3://pgxdatalake/_staging/R1/gold/x.parquet"
+    )
+    assert (
+        paths.summary_object(lake, "global_imputation", "R1")
+        == "s3://pgxdatalake/pgx_pipeline/global_imputation/run_id=R1/summary.json"
+    )
+    assert (
+        paths.backup_prefix("s3://pgxdatalake-backups/", "20261126T101500Z")
+        == "s3://pgxdatalake-backups/backup_20261126T101500Z/"
+    )
+
+
+def test_state_locations_and_entity_ids() -> None:
+    assert paths.lake_key("s3://pgxdatalake") == "pgxdatalake"
+    assert paths.lake_key("s3://bkt/some/prefix") == "bkt_some_prefix"
+    assert paths.lake_key("file:///tmp/lake") == "local"
+    ent = paths.safe_id("pgxdatalake", "medical__age_band=65-74__event_year=2019")
+    assert ent == "pgxdatalake__medical__age_band=65-74__event_year=2019"
+    assert (
+        paths.state_object("s3://pgx-repository", "update_codes", ent)
+        == f"s3://pgx-repository/pgx-pipeline-status/update_codes/{ent}/state.json"
+    )
+    assert paths.tracker_object("s3://pgx-repository", "clean_medical") == (
+        "s3://pgx-repository/pgx-pipeline-status/clean_medical/global_tracker.json"
+    )
+    assert paths.default_state_root("s3://pgxdatalake") == "s3://pgx-repository"
+    assert paths.default_state_root("file:///tmp/lake") == "file:///tmp/lake/_state"
+
+
+def test_raw_file_helpers() -> None:
+    assert paths.filter_raw(["s3://b/raw/a.TXT", "s3://b/raw/b.csv", "s3://b/raw/c.json"]) == [
+        "s3://b/raw/a.TXT",
+        "s3://b/raw/b.csv",
+    ]
+    assert paths.stem("s3://b/raw/pharmacy/Genomic_Q12016.txt") == "Genomic_Q12016"

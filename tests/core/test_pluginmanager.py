@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pgx_core import hookspecs
+from pgx_core.errors import PluginError
+from pgx_core.pluginmanager import make_plugin_manager
+from tests.support import pgx_teststage
+
+
+def test_builtin_and_example_plugins_load_through_entry_points() -> None:
+    plugins = make_plugin_manager()
+    names = {i.name for i in plugins.infos}
+    assert "linecount" in names  # the example third-party distribution, installed by `make install`
+    info = next(i for i in plugins.infos if i.name == "linecount")
+    assert info.distribution == "pgx-example-linecount" and info.stages == ("line-count",)
+    assert plugins.registry.get("line-count") is not None
+
+
+def test_plugin_raising_on_import_is_reported_by_name(plugin_site: Callable[..., Path]) -> None:
+    plugin_site("pgx-broken", "broken", "pgx_broken_mod", "raise RuntimeError('boom at import')\n")
+    plugins = make_plugin_manager()
+    [failure] = plugins.failures
+    assert failure.name == "broken" and failure.distribution == "pgx-broken"
+    assert failure.error == "RuntimeError: boom at import"
+    assert plugins.registry.get("line-count") is not None  # the others still load
+    assert "plugin broken failed to load: RuntimeError: boom at import" in plugins.failure_note()
+
+
+def test_duplicate_stage_type_is_a_clear_error(plugin_site: Callable[..., Path]) -> None:
+    plugin_site("pgx-teststage", "teststage", "pgx_teststage")
+    plugin_site(
+        "pgx-dupe",
+        "dupe",
+        "pgx_dupe_mod",
+        """
+        from pgx_core.hookspecs import hookimpl
+        from pgx_teststage import CopyTable
+
+        class Again(CopyTable):
+            pass
+
+        @hookimpl
+        def pgx_register_stages(registry):
+            registry.register(Again)
+    """,
+    )
+    with pytest.raises(PluginError, match=r"Stage type 'copy-table' is registered twice: by plugin (dupe|teststage)"):
+        make_plugin_manager()
+
+
+def test_disable_plugins_env(plugin_site: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin_site("pgx-teststage", "teststage", "pgx_teststage")
+    assert make_plugin_manager().registry.get("copy-table") is not None
+    monkeypatch.setenv("PGX_DISABLE_PLUGINS", "teststage, linecount")
+    plugins = make_plugin_manager()
+    assert plugins.registry.get("copy-table") is None and plugins.registry.get("line-count") is None
+
+
+def test_unknown_hook_is_refused_by_check_pending() -> None:
+    class Typo:
+        @hookspecs.hookimpl
+        def pgx_after_rnu(self) -> None:  # misspelled hook name
+            pass
+
+    with pytest.raises(Exception, match="pgx_after_rnu"):
+        make_plugin_manager([("typo", Typo())], entrypoints=False)
+
+
+def test_every_hookspec_is_documented() -> None:
+    specs = [getattr(hookspecs, n) for n in dir(hookspecs) if n.startswith("pgx_")]
+    assert len(specs) >= 7
+    for fn in specs:
+        doc = fn.__doc__ or ""
+        assert "Runs in: driver" in doc, fn.__name__
+        assert "Args:" in doc and "Returns:" in doc, fn.__name__
+
+
+def test_lifecycle_hooks_fire_in_order() -> None:
+    calls: list[str] = []
+
+    class Recorder:
+        @hookspecs.hookimpl
+        def pgx_before_stage(self, stage_name: str) -> None:
+            calls.append(f"before:{stage_name}")
+
+    plugins = make_plugin_manager([("teststage", pgx_teststage), ("rec", Recorder())], entrypoints=False)
+    plugins.call("pgx_before_stage", run=None, stage_name="x", stage_type="copy-table", planned=1, to_run=1)
+    assert calls == ["before:x"]
