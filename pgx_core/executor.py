@@ -1,0 +1,89 @@
+"""Executors run work items: ``local`` in-process and serial, ``ray`` fanned out over Ray.
+
+Both run the same functions on the same items and return the same results, so a spec gives
+identical lake objects on either. Entity tasks take a *stop flag* (anything with ``is_set()``):
+the worker checks it before promotion, so after SIGTERM no new promotion starts.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+OnError = Callable[[T, BaseException], R]
+
+
+class Executor(abc.ABC):
+    """Runs a function over items, yielding ``(index, result)`` as items finish."""
+
+    name: str
+
+    @abc.abstractmethod
+    def map_unordered(
+        self,
+        fn: Callable[..., R],
+        items: list[T],
+        *,
+        memory_mb: int | None = None,
+        with_stop: bool = False,
+        on_error: OnError[T, R] | None = None,
+    ) -> Iterator[tuple[int, R]]:
+        """Run ``fn(item)`` (``fn(item, stop)`` when ``with_stop``) for every item.
+
+        Stops starting new items once the run's stop event is set. A failure of the item
+        itself (the function raised, or its worker was lost after the executor's own retries)
+        becomes ``on_error(item, exc)``'s result when given, else it propagates.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional for executors without resources
+        """Release executor resources (a local Ray started by pgx is shut down)."""
+
+
+class LocalExecutor(Executor):
+    """In-process and serial: the debugging executor, same semantics as Ray."""
+
+    name = "local"
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def map_unordered(
+        self,
+        fn: Callable[..., R],
+        items: list[T],
+        *,
+        memory_mb: int | None = None,
+        with_stop: bool = False,
+        on_error: OnError[T, R] | None = None,
+    ) -> Iterator[tuple[int, R]]:
+        for i, item in enumerate(items):
+            if self.stop.is_set():
+                return
+            try:
+                result = fn(item, self.stop) if with_stop else fn(item)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                result = on_error(item, exc)
+            yield i, result
+
+
+def make_executor(kind: str, stop: threading.Event, **options: Any) -> Executor:
+    """The executor named by ``executor.type`` (or the ``--executor`` override)."""
+    if kind == "local":
+        return LocalExecutor(stop)
+    if kind == "ray":
+        from pgx_core.ray_executor import RayExecutor  # noqa: PLC0415 - Ray is heavy; import on use
+
+        return RayExecutor(stop, **options)
+    raise ValueError(f"unknown executor {kind!r}: expected ray or local")

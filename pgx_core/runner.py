@@ -1,0 +1,395 @@
+"""The driver: plans each stage, decides what resume skips, schedules entity tasks on the executor,
+aggregates outcomes into the tracker and run summaries, and fires the lifecycle hooks.
+
+The per-entity protocol itself (lease, staging, gates, promotion, state) lives in
+:mod:`pgx_core.worker`, so it is the same on every executor.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgx_core import clock, paths, summary
+from pgx_core.errors import PgxError, StorageError, TransientError, UsageError, scrub
+from pgx_core.executor import Executor, make_executor
+from pgx_core.exitcodes import ExitCode, worst
+from pgx_core.log import bind, get_logger, safe_traceback
+from pgx_core.pluginmanager import Plugins
+from pgx_core.promote import sha256_of
+from pgx_core.runspec import ResolvedStage, RunSpec
+from pgx_core.stage import Entity, RunInfo, Stage
+from pgx_core.state import GlobalTracker, PipelineState, StateStore
+from pgx_core.storage import ObjectStore
+from pgx_core.worker import EntityOutcome, EntityTask, StoreCache, retry_delay, run_entity_task
+
+log = get_logger(__name__)
+TRANSIENT_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether an entity runs, and why."""
+
+    entity: Entity
+    state_entity: str
+    run: bool
+    reason: (
+        str  # new | input changed | config changed | output missing | output changed | not completed | no-resume | done
+    )
+
+
+@dataclass
+class StagePlan:
+    stage: ResolvedStage
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def to_run(self) -> list[Decision]:
+        return [d for d in self.decisions if d.run]
+
+    @property
+    def skipped(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.run]
+
+
+def outputs_intact(store: ObjectStore, st: PipelineState) -> str | None:
+    """None when every recorded output exists with a recorded checksum, else the reason it fails.
+
+    The etag is checked first (cheap); only when it differs is the content hashed. A checksum
+    produced by a later stage that rewrote the object in place (update-codes) also counts.
+    """
+    for rec in st.outputs:
+        info = store.head(rec.uri)
+        if info is None:
+            return "output missing"
+        if info.etag in {rec.etag, rec.rewritten_etag} - {None}:
+            continue
+        if sha256_of(store, rec.uri) not in {rec.checksum, rec.rewritten_checksum} - {None}:
+            return "output changed"
+    return None
+
+
+def decide(
+    st: PipelineState | None, input_fp: str, config_fp: str, store: ObjectStore, resume: bool
+) -> tuple[bool, str]:
+    if not resume:
+        return True, "no-resume"
+    if st is None:
+        return True, "new"
+    if st.status != "completed":
+        return True, f"not completed ({st.status})"
+    if st.input_fingerprint != input_fp:
+        return True, "input changed"
+    if st.config_fingerprint != config_fp:
+        return True, "config changed"
+    broken = outputs_intact(store, st)
+    if broken:
+        return True, broken
+    return False, "done"
+
+
+class Runner:
+    """Runs (or plans) the stages of a validated spec."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        plugins: Plugins,
+        *,
+        stages: list[str] | None = None,
+        resume: bool = True,
+        limit: int | None = None,
+        executor: str | None = None,
+        stop: threading.Event | None = None,
+        run_id: str | None = None,
+        on_progress: Callable[[str, EntityOutcome | None, int, int], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.plugins = plugins
+        self.stages = spec.select(stages) if stages else spec.stages
+        self.resume = resume
+        self.stop = stop or threading.Event()
+        self.executor_kind = executor or spec.spec.executor.type
+        self.run_id = run_id or clock.new_run_id()
+        self.start_time = clock.iso()
+        self.started = clock.monotonic()
+        lim = limit if limit is not None else spec.spec.limit
+        self.run = RunInfo.from_spec(spec.spec, self.run_id, spec.name)
+        if lim != self.run.limit:
+            self.run = RunInfo(**{**self.run.__dict__, "limit": lim})
+        self.stores = StoreCache(self.run.store_config)
+        self.on_progress = on_progress
+        self.summaries: list[str] = []
+        self._tallies: dict[str, list[summary.StageTally]] = {}
+
+    # --- helpers --------------------------------------------------------------------------------
+    @property
+    def lake_store(self) -> ObjectStore:
+        return self.stores(self.run.lake)
+
+    @property
+    def state_store(self) -> ObjectStore:
+        return self.stores(self.run.state_root)
+
+    def _stage(self, rs: ResolvedStage) -> Stage[Any]:
+        return rs.stage_cls(rs.params, self.run, self.stores)
+
+    def state_entity(self, entity: Entity) -> str:
+        return paths.safe_id(paths.lake_key(self.run.lake), entity.id)
+
+    def check_store(self) -> None:
+        """Refuse stores that do not enforce conditional writes (SPEC §7) unless allowed."""
+        if self.spec.spec.s3.allow_unsafe_store:
+            log.warning("conditional-write check skipped", extra={"event": "unsafe_store_allowed"})
+            return
+        for root in {self.run.state_root, self.run.lake}:
+            probe = paths.join(paths.state_prefix(self.run.state_root, "_probe"), self.run_id) + "/"
+            if root == self.run.lake:
+                probe = paths.join(paths.staging_root(self.run.lake, self.run_id), "_probe") + "/"
+            if not self.stores(root).check_conditional_writes(probe):
+                raise UsageError(
+                    f"The object store behind {root} does not enforce conditional writes "
+                    "(If-None-Match / If-Match), so state and leases would be unsafe. Use a store "
+                    "that does, or set spec.s3.allowUnsafeStore: true to accept the risk."
+                )
+
+    # --- planning -------------------------------------------------------------------------------
+    def plan_stage(self, rs: ResolvedStage) -> StagePlan:
+        stage = self._stage(rs)
+        entities = stage.plan()
+        if self.run.limit is not None:
+            entities = entities[: self.run.limit]
+        config_fp = stage.config_fingerprint()
+        states = StateStore(self.state_store, self.run.state_root, rs.stage_cls.script_name)
+        plan = StagePlan(rs)
+        for ent in entities:
+            se = self.state_entity(ent)
+            run, reason = decide(
+                states.read(se), ent.input_fingerprint, _config_fp(config_fp, ent), self.lake_store, self.resume
+            )
+            plan.decisions.append(Decision(ent, se, run, reason))
+        return plan
+
+    def plan(self) -> list[StagePlan]:
+        return [self.plan_stage(rs) for rs in self.stages]
+
+    # --- running --------------------------------------------------------------------------------
+    def execute(self) -> ExitCode:
+        """Run every selected stage in order; stop after a stage that did not fully succeed."""
+        codes: list[ExitCode] = []
+        executor: Executor | None = None
+        current: ResolvedStage | None = None
+        with bind(run_id=self.run_id):
+            try:
+                self.check_store()
+                self.plugins.call("pgx_before_run", must_succeed=True, run=self.run, spec=self.spec)
+                executor = make_executor(self.executor_kind, self.stop, run=self.run)
+                for rs in self.stages:
+                    current = rs
+                    with bind(stage=rs.name):
+                        code = self._run_stage(rs, executor)
+                    codes.append(code)
+                    current = None
+                    if code != ExitCode.OK:
+                        break
+                    if self.stop.is_set():
+                        codes.append(ExitCode.TRANSIENT)
+                        break
+            except PgxError as exc:
+                codes.append(exc.exit_code)
+                self._stage_error(current, exc.exit_code, str(exc))
+                self.plugins.call("pgx_on_run_error", run=self.run, error=exc)
+                log.error(
+                    "run failed", extra={"event": "run_failed", "error": str(exc), "exit_code": int(exc.exit_code)}
+                )
+            except Exception as exc:
+                msg = f"{type(exc).__name__}: {scrub(str(exc))}"
+                codes.append(ExitCode.INTERNAL)
+                self._stage_error(current, ExitCode.INTERNAL, msg)
+                self.plugins.call("pgx_on_run_error", run=self.run, error=exc)
+                log.error("run crashed", extra={"event": "run_crashed", "error": msg, "frames": safe_traceback(exc)})
+            finally:
+                if executor is not None:
+                    executor.close()
+                self._cleanup_staging()
+            code = worst(codes)
+            self.plugins.call("pgx_after_run", run=self.run, exit_code=int(code), summaries=list(self.summaries))
+            log.info("run finished", extra={"event": "run_finished", "exit_code": int(code)})
+            return code
+
+    def _run_stage(self, rs: ResolvedStage, executor: Executor) -> ExitCode:
+        tally = summary.StageTally(rs.name, rs.use)
+        self._tallies.setdefault(rs.stage_cls.script_name, []).append(tally)
+        plan = self.plan_stage(rs)
+        self.plugins.call(
+            "pgx_before_stage",
+            must_succeed=True,
+            run=self.run,
+            stage_name=rs.name,
+            stage_type=rs.use,
+            planned=len(plan.decisions),
+            to_run=len(plan.to_run),
+        )
+        log.info(
+            "stage planned",
+            extra={"event": "stage_planned", "planned": len(plan.decisions), "to_run": len(plan.to_run)},
+        )
+        for d in plan.skipped:
+            tally.add_skipped(d.state_entity, rs.name)
+        tracker = GlobalTracker(self.state_store, self.run.state_root, rs.stage_cls.script_name)
+        tracker.set_status({d.state_entity: "completed" for d in plan.skipped})
+        stage = self._stage(rs)
+        config_fp = stage.config_fingerprint()
+        tasks = [
+            EntityTask(
+                self.run,
+                rs.name,
+                rs.stage_cls,
+                rs.params,
+                d.entity,
+                d.state_entity,
+                d.entity.input_fingerprint,
+                _config_fp(config_fp, d.entity),
+                float(self.spec.spec.lease_ttl_seconds),
+            )
+            for d in plan.to_run
+        ]
+        if tasks:
+            stage.prepare([t.entity for t in tasks], functools.partial(self._fan_out, executor))
+        done = 0
+        for outcome in self._execute_tasks(executor, tasks):
+            done += 1
+            tally.add(outcome, rs.name)
+            tracker.set_status({outcome.state_entity: _tracker_status(outcome)})
+            self._after_entity(rs, outcome)
+            if self.on_progress:
+                self.on_progress(rs.name, outcome, done, len(tasks))
+        unstarted = len(tasks) - done
+        codes = list(tally.codes)
+        if unstarted and self.stop.is_set():
+            codes.append(ExitCode.TRANSIENT)
+        tally.exit_code = worst(codes)
+        self._write_summary(rs)
+        self.plugins.call(
+            "pgx_after_stage",
+            run=self.run,
+            stage_name=rs.name,
+            summary={"totals": dict(tally.totals), "stats": summary.nest(tally.stats)},
+        )
+        return tally.exit_code
+
+    def _execute_tasks(self, executor: Executor, tasks: list[EntityTask]) -> Iterator[EntityOutcome]:
+        """Run tasks; transient outcomes (and lost workers) are retried with backoff, up to a bound."""
+        pending = tasks
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            retry: list[EntityTask] = []
+            results = executor.map_unordered(
+                run_entity_task, pending, memory_mb=self.run.memory_budget_mb, with_stop=True, on_error=_lost
+            )
+            for i, outcome in results:
+                if outcome.status == "transient" and attempt < TRANSIENT_RETRIES and not self.stop.is_set():
+                    retry.append(pending[i])
+                    log.warning(
+                        "transient failure, will retry",
+                        extra={
+                            "event": "entity_retry",
+                            "entity": outcome.state_entity,
+                            "error": outcome.error,
+                            "attempt": attempt + 1,
+                        },
+                    )
+                    continue
+                yield outcome
+            if not retry:
+                return
+            self.stop.wait(retry_delay(attempt))
+            pending = retry
+
+    def _fan_out(self, executor: Executor, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+        for _, result in executor.map_unordered(fn, items, memory_mb=self.run.memory_budget_mb):
+            yield result
+
+    def _after_entity(self, rs: ResolvedStage, o: EntityOutcome) -> None:
+        extra = {
+            "event": "entity_" + o.status,
+            "entity": o.state_entity,
+            "rows_in": o.rows_in,
+            "rows_out": o.rows_out,
+            "rows_quarantined": o.rows_quarantined,
+            "duration_sec": o.duration_sec,
+        }
+        if o.error:
+            extra["error"] = o.error
+        # On a terminal the progress bar shows completions; the JSON line is then debug-level.
+        quiet = log.debug if self.on_progress else log.info
+        (quiet if o.status == "completed" else log.warning)("entity " + o.status, extra=extra)
+        if o.status == "completed":
+            self.plugins.call(
+                "pgx_after_promote", run=self.run, stage_name=rs.name, entity=o.state_entity, outputs=list(o.outputs)
+            )
+        elif o.status in {"failed", "transient", "interrupted"}:
+            self.plugins.call(
+                "pgx_on_stage_error", run=self.run, stage_name=rs.name, entity=o.state_entity, error=o.error or o.status
+            )
+
+    def _stage_error(self, rs: ResolvedStage | None, code: ExitCode, message: str) -> None:
+        """Record a stage-level failure in its summary (crash caught at the top, plan failure…)."""
+        if rs is None:
+            return
+        tallies = self._tallies.setdefault(rs.stage_cls.script_name, [])
+        if not tallies or tallies[-1].name != rs.name:
+            tallies.append(summary.StageTally(rs.name, rs.use))
+        tallies[-1].exit_code = code
+        tallies[-1].error = message
+        try:
+            self._write_summary(rs)
+        except Exception as exc:  # the store may be what failed; the log still says what happened
+            log.error("summary not written", extra={"event": "summary_failed", "error": scrub(str(exc))})
+
+    def _write_summary(self, rs: ResolvedStage) -> None:
+        info = self.plugins.stage_plugin(rs.use)
+        doc = summary.build(
+            tx=rs.stage_cls.tx,
+            script_name=rs.stage_cls.script_name,
+            run_id=self.run_id,
+            run_name=self.run.run_name,
+            start_time=self.start_time,
+            started_mono=self.started,
+            tallies=self._tallies[rs.stage_cls.script_name],
+            plugin={"name": rs.stage_cls.plugin_name, "version": info.version if info else rs.stage_cls.version},
+            spec_fingerprint=self.spec.fingerprint(),
+        )
+        uri = summary.write(self.lake_store, self.run.lake, doc)
+        if uri not in self.summaries:
+            self.summaries.append(uri)
+
+    def _cleanup_staging(self) -> None:
+        try:
+            self.lake_store.delete_prefix(paths.staging_root(self.run.lake, self.run_id))
+        except (StorageError, TransientError, OSError) as exc:
+            log.warning("staging not cleaned", extra={"event": "staging_cleanup_failed", "error": scrub(str(exc))})
+
+
+def _lost(task: EntityTask, exc: BaseException) -> EntityOutcome:
+    """A work item whose worker was lost (after Ray's own retries) or that raised unexpectedly."""
+    return EntityOutcome(
+        task.state_entity,
+        "transient",
+        ExitCode.TRANSIENT,
+        error=f"work item lost: {type(exc).__name__}: {scrub(str(exc))}",
+    )
+
+
+def _config_fp(stage_fp: str, entity: Entity) -> str:
+    return stage_fp if not entity.config_extra else f"{stage_fp}+{entity.config_extra}"
+
+
+def _tracker_status(o: EntityOutcome) -> str:
+    return {"completed": "completed", "failed": "failed", "locked": "running"}.get(o.status, "pending")
+
+
+__all__ = ["Decision", "Runner", "StagePlan"]

@@ -1,0 +1,300 @@
+"""Resumable state (SPEC §7): per-entity ``PipelineState``, per-pipeline ``GlobalPipelineTracker``
+and per-entity leases. Every write is a compare-and-swap on the object store; a CAS conflict is
+retried by re-reading, so no update is ever lost when several workers or runs write at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field
+
+from pgx_core import clock, paths
+from pgx_core.errors import FencedError, PreconditionFailed, StorageError
+from pgx_core.storage import ObjectStore
+
+Status = Literal["pending", "running", "completed", "failed", "quarantined"]
+_CAS_ATTEMPTS = 200
+
+
+class OutputRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    uri: str
+    checksum: str
+    rows: int
+    etag: str | None = None
+    # Set by a later stage that rewrote the object in place (update-codes): the checksum it
+    # consumed (= this record's checksum) and the one it produced, so resume accepts both.
+    rewritten_checksum: str | None = None
+    rewritten_etag: str | None = None
+
+
+class Step(BaseModel):
+    step_name: str
+    completed_at: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineState(BaseModel):
+    """``state.json`` of one entity. Fields and names exactly as SPEC §7."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pipeline_name: str
+    entity_id: str
+    status: Status = "pending"
+    run_id: str | None = None
+    attempt: int = 0
+    input_fingerprint: str | None = None
+    config_fingerprint: str | None = None
+    outputs: list[OutputRecord] = Field(default_factory=list)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    created_at: str = Field(default_factory=clock.iso)
+    updated_at: str = Field(default_factory=clock.iso)
+    completed_steps: list[Step] = Field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(indent=1).encode()
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
+def cas_update(
+    store: ObjectStore, uri: str, fn: Callable[[bytes | None], bytes | None], *, attempts: int = _CAS_ATTEMPTS
+) -> bytes | None:
+    """Read-modify-write ``uri`` with compare-and-swap; ``fn(old) -> new`` (``None``: no write).
+
+    ``fn`` may be called several times (once per attempt) and must be pure.
+    """
+    for i in range(attempts):
+        current = store.read_versioned(uri)
+        old, etag = current if current is not None else (None, None)
+        new = fn(old)
+        if new is None or new == old:
+            return old
+        try:
+            if etag is None:
+                store.put_if_absent(uri, new)
+            else:
+                store.put_if_match(uri, new, etag)
+            return new
+        except PreconditionFailed:
+            # Someone else wrote in between: back off a little (jittered) and re-read.
+            time.sleep(min(0.2, 0.002 * (2 ** min(i, 7))) * random.random())
+    raise StorageError(f"Gave up updating {uri} after {attempts} compare-and-swap conflicts")
+
+
+class StateStore:
+    """State objects of one pipeline (a stage's script_name) under a state root."""
+
+    def __init__(self, store: ObjectStore, state_root: str, pipeline: str) -> None:
+        self.store = store
+        self.state_root = state_root
+        self.pipeline = pipeline
+
+    def uri(self, entity: str) -> str:
+        return paths.state_object(self.state_root, self.pipeline, entity)
+
+    def read(self, entity: str) -> PipelineState | None:
+        got = self.store.read_versioned(self.uri(entity))
+        return PipelineState.model_validate_json(got[0]) if got else None
+
+    def update(self, entity: str, fn: Callable[[PipelineState], PipelineState | None]) -> PipelineState:
+        """Apply ``fn`` to the current state (a fresh pending one if none) with CAS retries."""
+
+        def step(old: bytes | None) -> bytes | None:
+            cur = (
+                PipelineState.model_validate_json(old)
+                if old
+                else PipelineState(pipeline_name=self.pipeline, entity_id=entity)
+            )
+            new = fn(cur.model_copy(deep=True))
+            if new is None:
+                return None
+            new.updated_at = clock.iso()
+            return new.to_bytes()
+
+        raw = cas_update(self.store, self.uri(entity), step)
+        if raw is None:  # fn declined to create a state that did not exist
+            return PipelineState(pipeline_name=self.pipeline, entity_id=entity)
+        return PipelineState.model_validate_json(raw)
+
+    def list_entities(self) -> list[str]:
+        prefix = paths.state_prefix(self.state_root, self.pipeline)
+        out = []
+        for info in self.store.list(prefix):
+            rel = paths.relative(info.uri, prefix)
+            if rel.endswith("/state.json"):
+                out.append(rel.removesuffix("/state.json"))
+        return out
+
+
+class GlobalTracker:
+    """``global_tracker.json``: per-status counts and per-entity status of one pipeline."""
+
+    def __init__(self, store: ObjectStore, state_root: str, pipeline: str) -> None:
+        self.store = store
+        self.uri = paths.tracker_object(state_root, pipeline)
+        self.pipeline = pipeline
+
+    def read(self) -> dict[str, Any]:
+        got = self.store.read_versioned(self.uri)
+        return json.loads(got[0]) if got else self._empty()
+
+    def _empty(self) -> dict[str, Any]:
+        return {"pipeline_name": self.pipeline, "counts": {}, "entities": {}, "updated_at": None}
+
+    def set_status(self, updates: dict[str, str]) -> dict[str, Any]:
+        """Record ``{entity: status}``; counts are recomputed from the entity map, never drift."""
+
+        def step(old: bytes | None) -> bytes | None:
+            doc = json.loads(old) if old else self._empty()
+            entities = doc.setdefault("entities", {})
+            if all(entities.get(k) == v for k, v in updates.items()):
+                return None
+            entities.update(updates)
+            counts: dict[str, int] = {}
+            for status in entities.values():
+                counts[status] = counts.get(status, 0) + 1
+            doc["counts"] = dict(sorted(counts.items()))
+            doc["updated_at"] = clock.iso()
+            return _dumps(doc)
+
+        raw = cas_update(self.store, self.uri, step)
+        return json.loads(raw) if raw else self._empty()
+
+
+# --- leases ---------------------------------------------------------------------------------------
+
+
+def _holder() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def holder_gone(holder: dict[str, Any]) -> bool:
+    """True when the holder is provably gone: same host and its pid is not running (or a zombie)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+@dataclass
+class Lease:
+    """A held lease. Its etag is the fencing token: renewals are If-Match on it."""
+
+    store: ObjectStore
+    uri: str
+    run_id: str
+    ttl: float
+    etag: str
+    lost: bool = False
+
+    def _body(self) -> bytes:
+        expires = time.time() + self.ttl
+        return _dumps(
+            {
+                "run_id": self.run_id,
+                "holder": _holder(),
+                "expires_at": expires,
+                "expires_at_iso": clock.iso_epoch(expires),
+            }
+        )
+
+    def renew(self) -> None:
+        """Extend the expiry (CAS). Raises :class:`FencedError` when another run took it over."""
+        if self.lost:
+            raise FencedError(f"Lease {self.uri} was taken over by another run; this run may not promote")
+        try:
+            self.etag = self.store.put_if_match(self.uri, self._body(), self.etag).etag
+        except PreconditionFailed:
+            self.lost = True
+            raise FencedError(f"Lease {self.uri} was taken over by another run; this run may not promote") from None
+
+    def release(self) -> None:
+        if not self.lost:
+            self.store.delete_if_match(self.uri, self.etag)
+
+
+def acquire_lease(store: ObjectStore, uri: str, run_id: str, ttl: float) -> Lease | dict[str, Any]:
+    """Take the lease at ``uri`` or return the live holder's lease document (the entity is locked).
+
+    A missing lease is created (create-only put). An expired lease, or one whose holder process is
+    provably gone, is taken over with If-Match on its etag, so exactly one of several contenders
+    wins and the stale holder's later renewals (and so its promotions) fail.
+    """
+    lease = Lease(store, uri, run_id, ttl, etag="")
+    for _ in range(_CAS_ATTEMPTS):
+        try:
+            lease.etag = store.put_if_absent(uri, lease._body()).etag
+            return lease
+        except PreconditionFailed:
+            pass
+        got = store.read_versioned(uri)
+        if got is None:
+            continue  # released in between: try creating again
+        doc, etag = json.loads(got[0]), got[1]
+        if doc.get("run_id") == run_id and doc.get("holder") == _holder():
+            # Our own create whose response was lost (and retried by the client): it is ours.
+            lease.etag = etag
+            return lease
+        stale = doc.get("expires_at", 0) < time.time() or holder_gone(doc.get("holder", {}))
+        if not stale:
+            return dict(doc)
+        try:
+            lease.etag = store.put_if_match(uri, lease._body(), etag).etag
+            return lease
+        except PreconditionFailed:
+            continue  # another contender won the takeover; re-read
+    raise StorageError(f"Could not settle lease {uri} after {_CAS_ATTEMPTS} attempts")
+
+
+class LeaseKeeper:
+    """Renews a lease in the background every ttl/3 while work runs."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pgx-lease", daemon=True)
+        self._lock = threading.Lock()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease.ttl / 3):
+            try:
+                self.renew()
+            except FencedError:
+                return
+            except Exception:  # noqa: S112 - a transient renew failure is retried next tick
+                continue
+
+    def renew(self) -> None:
+        with self._lock:
+            self.lease.renew()
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,172 @@
+"""Run summaries (SPEC §8): one ``summary.json`` per script_name per run, on every ending."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgx_core import clock, paths
+from pgx_core.exitcodes import ExitCode
+from pgx_core.storage import ObjectStore
+from pgx_core.worker import EntityOutcome
+
+SCHEMA_VERSION = 1
+
+
+def nest(flat: dict[str, int]) -> dict[str, Any]:
+    """``{"rejects.TOO_FEW_FIELDS": 3}`` → ``{"rejects": {"TOO_FEW_FIELDS": 3}}``."""
+    out: dict[str, Any] = {}
+    for key in sorted(flat):
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = node.get(leaf, 0) + flat[key]
+    return out
+
+
+def add_counts(into: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
+@dataclass
+class StageTally:
+    """Totals of one stage of the spec."""
+
+    name: str
+    type_name: str
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("entities", "completed", "skipped", "failed", "locked", "rows_in", "rows_out", "rows_quarantined"), 0
+        )
+    )
+    backups: set[str] = field(default_factory=set)
+    codes: list[ExitCode] = field(default_factory=list)  # exit code implied by each entity outcome
+    exit_code: ExitCode = ExitCode.OK
+    error: str | None = None
+
+    def add_skipped(self, entity: str, stage: str) -> None:
+        self.totals["entities"] += 1
+        self.totals["skipped"] += 1
+        self.entities.append(
+            {"entity": entity, "stage": stage, "status": "skipped", "attempts": 0, "rows_in": 0, "rows_out": 0}
+        )
+
+    def add(self, o: EntityOutcome, stage: str) -> None:
+        status = {"interrupted": "failed", "transient": "failed"}.get(o.status, o.status)
+        self.totals["entities"] += 1
+        self.totals[status] += 1
+        self.totals["rows_in"] += o.rows_in
+        self.totals["rows_out"] += o.rows_out
+        self.totals["rows_quarantined"] += o.rows_quarantined
+        add_counts(self.stats, o.stats)
+        if o.rows_out_of_scope:
+            add_counts(self.stats, {"out_of_scope": o.rows_out_of_scope})
+        self.backups.update(o.backups)
+        self.codes.append(ExitCode(o.exit_code))
+        entry: dict[str, Any] = {
+            "entity": o.state_entity,
+            "stage": stage,
+            "status": status,
+            "attempts": o.attempts,
+            "rows_in": o.rows_in,
+            "rows_out": o.rows_out,
+            "rows_quarantined": o.rows_quarantined,
+            "duration_sec": o.duration_sec,
+            "stats": nest(o.stats),
+        }
+        if o.error:
+            entry["error"] = o.error
+        self.entities.append(entry)
+
+
+def status_of(code: ExitCode, totals: dict[str, int], error: str | None) -> str:
+    """``success``; ``partial`` when some entities were locked or failed; ``error`` when the stage
+    itself failed or every entity it tried failed."""
+    if code == ExitCode.OK:
+        return "success"
+    others = totals["completed"] + totals["skipped"] + totals["locked"]
+    if error is not None or (totals["failed"] and not others):
+        return "error"
+    return "partial"
+
+
+def build(
+    *,
+    tx: str,
+    script_name: str,
+    run_id: str,
+    run_name: str,
+    start_time: str,
+    started_mono: float,
+    tallies: list[StageTally],
+    plugin: dict[str, str],
+    spec_fingerprint: str,
+) -> dict[str, Any]:
+    """Merge the tallies of every stage sharing ``script_name`` into one summary document."""
+    totals = dict.fromkeys(tallies[0].totals, 0)
+    stats: dict[str, int] = {}
+    entities: list[dict[str, Any]] = []
+    backups: set[str] = set()
+    codes = []
+    errors = []
+    for t in tallies:
+        add_counts(totals, t.totals)
+        add_counts(stats, t.stats)
+        entities.extend(t.entities)
+        backups |= t.backups
+        codes.append(t.exit_code)
+        if t.error:
+            errors.append(t.error)
+    from pgx_core.exitcodes import worst  # noqa: PLC0415
+
+    code = worst(codes)
+    error = "; ".join(errors) if errors else None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tx": tx,
+        "script_name": script_name,
+        "run_id": run_id,
+        "run_name": run_name,
+        "start_time": start_time,
+        "end_time": clock.iso(),
+        "duration_sec": round(clock.monotonic() - started_mono, 3),
+        "status": status_of(code, totals, error),
+        "status_code": int(code),
+        "totals": totals,
+        "stats": nest(stats),
+        "entities": entities,
+        "stages": [
+            {
+                "name": t.name,
+                "type": t.type_name,
+                "status_code": int(t.exit_code),
+                "totals": t.totals,
+                "stats": nest(t.stats),
+            }
+            for t in tallies
+        ],
+        "plugin": plugin,
+        "spec_fingerprint": spec_fingerprint,
+        "backups": sorted(backups),
+        "error": error,
+    }
+
+
+def write(store: ObjectStore, lake: str, doc: dict[str, Any]) -> str:
+    uri = paths.summary_object(lake, doc["script_name"], doc["run_id"])
+    store.write_bytes(uri, json.dumps(doc, indent=1).encode())
+    return uri
+
+
+def read_run(store: ObjectStore, lake: str, run_id: str) -> list[dict[str, Any]]:
+    """Every summary a run wrote (one per script_name)."""
+    out = []
+    for info in store.list(paths.summaries_prefix(lake)):
+        if f"/run_id={run_id}/" in info.uri and info.uri.endswith("/summary.json"):
+            out.append(json.loads(store.read_bytes(info.uri)))
+    return out

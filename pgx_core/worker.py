@@ -1,0 +1,295 @@
+"""The entity protocol: what happens to one entity, on whichever process runs it.
+
+One protocol for every executor: lease (CAS) → state ``running`` → ``Stage.process`` into staging →
+gates (schema, row counts, conservation) → promotion with backup and fencing → state
+``completed`` (CAS) → staging removed → lease released. The driver only plans, schedules and
+aggregates the :class:`EntityOutcome` values returned here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgx_core import clock, failpoints, paths
+from pgx_core.backup import RunBackup
+from pgx_core.errors import (
+    DataError,
+    FencedError,
+    InterruptedRun,
+    PgxError,
+    StageError,
+    TransientError,
+    scrub,
+)
+from pgx_core.executor import StopFlag
+from pgx_core.exitcodes import ExitCode
+from pgx_core.promote import Promoted, promote_object, sha256_of, verify_staged
+from pgx_core.runspec import StageParams
+from pgx_core.stage import Entity, EntityResult, RunInfo, Stage, WorkContext
+from pgx_core.state import LeaseKeeper, OutputRecord, PipelineState, StateStore, Step, acquire_lease
+from pgx_core.storage import ObjectStore, StoreConfig, open_store
+
+
+class StoreCache:
+    """One store per scheme for this task (S3 clients are bucket-agnostic)."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self._stores: dict[str, ObjectStore] = {}
+
+    def __call__(self, uri: str) -> ObjectStore:
+        scheme = uri.split("://", 1)[0]
+        if scheme not in self._stores:
+            self._stores[scheme] = open_store(uri, self.config)
+        return self._stores[scheme]
+
+
+@dataclass(frozen=True)
+class EntityTask:
+    """Everything a worker needs to run one entity (picklable)."""
+
+    run: RunInfo
+    stage_name: str
+    stage_cls: type[Stage[Any]]
+    params: StageParams
+    entity: Entity
+    state_entity: str
+    input_fingerprint: str
+    config_fingerprint: str
+    lease_ttl: float
+
+
+@dataclass
+class EntityOutcome:
+    """What the driver learns about one entity. Counts and PHI-free messages only."""
+
+    state_entity: str
+    status: str  # completed | failed | locked | interrupted | transient
+    exit_code: int = ExitCode.OK
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_quarantined: int = 0
+    rows_out_of_scope: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    backups: list[str] = field(default_factory=list)
+    error: str | None = None
+    attempts: int = 1
+    duration_sec: float = 0.0
+
+
+def _fill(outcome: EntityOutcome, result: EntityResult) -> None:
+    outcome.rows_in, outcome.rows_out = result.rows_in, result.rows_out
+    outcome.rows_quarantined, outcome.rows_out_of_scope = result.rows_quarantined, result.rows_out_of_scope
+    outcome.stats = dict(result.stats)
+
+
+def _metrics(result: EntityResult) -> dict[str, Any]:
+    return {
+        "rows_in": result.rows_in,
+        "rows_out": result.rows_out,
+        "rows_quarantined": result.rows_quarantined,
+        "rows_out_of_scope": result.rows_out_of_scope,
+        "stats": dict(sorted(result.stats.items())),
+    }
+
+
+def _record(p: Promoted) -> OutputRecord:
+    return OutputRecord(uri=p.uri, checksum=p.checksum, rows=p.rows, etag=p.etag)
+
+
+def _unchanged_record(store: ObjectStore, uri: str, previous: PipelineState) -> OutputRecord:
+    """Record an output the stage left as it was, reusing the previous checksum when still valid."""
+    info = store.head(uri)
+    if info is None:
+        raise DataError(f"Output {uri} was reported unchanged but does not exist")
+    for rec in previous.outputs:
+        if rec.uri == uri and info.etag in {rec.etag, rec.rewritten_etag}:
+            checksum = rec.checksum if info.etag == rec.etag else rec.rewritten_checksum
+            return OutputRecord(uri=uri, checksum=checksum or sha256_of(store, uri), rows=rec.rows, etag=info.etag)
+    return OutputRecord(uri=uri, checksum=sha256_of(store, uri), rows=-1, etag=info.etag)
+
+
+def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOutcome:
+    """Run one entity through the whole protocol. Never raises for per-entity failures."""
+    started = clock.monotonic()
+    run, ent = task.run, task.entity
+    stores = StoreCache(run.store_config)
+    lake_store, state_store = stores(run.lake), stores(run.state_root)
+    pipeline = task.stage_cls.script_name
+    outcome = EntityOutcome(task.state_entity, "completed")
+
+    got = acquire_lease(
+        state_store, paths.lease_object(run.state_root, pipeline, task.state_entity), run.run_id, task.lease_ttl
+    )
+    if isinstance(got, dict):
+        outcome.status, outcome.exit_code = "locked", ExitCode.CONFLICT
+        outcome.error = f"leased by run {got.get('run_id')} until {got.get('expires_at_iso')}"
+        return outcome
+    lease = got
+    states = StateStore(state_store, run.state_root, pipeline)
+    stage = task.stage_cls(task.params, run, stores)
+    previous: PipelineState | None = None
+
+    def begin(st: PipelineState) -> PipelineState:
+        nonlocal previous
+        previous = st.model_copy(deep=True)
+        st.status, st.run_id, st.attempt, st.error = "running", run.run_id, st.attempt + 1, None
+        return st
+
+    try:
+        with LeaseKeeper(lease) as keeper:
+            st = states.update(task.state_entity, begin)
+            outcome.attempts = st.attempt
+            ctx = WorkContext(run, task.state_entity, stores, keeper.renew, stop)
+            result = _process(stage, ent, ctx)
+            _fill(outcome, result)
+            failpoints.hit("after_staging")
+            data_error = result.data_error or _gates(stage, ent, result, ctx, lake_store)
+            if stop is not None and stop.is_set():
+                raise InterruptedRun("Interrupted before promotion")
+            backup = RunBackup(lake_store, run.backup_root, run.lake, run.run_id)
+            promoted: list[Promoted] = []
+            for out in result.outputs:
+                if data_error is not None and not out.promote_on_failure:
+                    continue
+                staged = ctx.staging_uri(out.uri)
+                checksum = ctx.checksums.get(staged) or sha256_of(lake_store, staged)
+                promoted.append(
+                    promote_object(
+                        lake_store,
+                        staged=staged,
+                        final=out.uri,
+                        rows=out.rows,
+                        checksum=checksum,
+                        backup=backup,
+                        fence=keeper.renew,
+                    )
+                )
+                if out.rewrites is not None:
+                    _record_rewrite(state_store, run, out.rewrites, promoted[-1])
+            for uri in result.deletes if data_error is None else []:
+                if backup.backup(uri) is not None:
+                    keeper.renew()
+                    lake_store.delete(uri)
+            assert previous is not None
+            records = [_record(p) for p in promoted] + [
+                _unchanged_record(lake_store, u, previous) for u in result.unchanged
+            ]
+            backups = sorted({backup.prefix} if backup.backed_up and backup.prefix else set())
+            outcome.outputs = [p.uri for p in promoted]
+            outcome.backups = backups
+
+            def commit(s: PipelineState) -> PipelineState:
+                s.status = "failed" if data_error else "completed"
+                s.error = data_error
+                s.input_fingerprint, s.config_fingerprint = task.input_fingerprint, task.config_fingerprint
+                s.outputs = records
+                s.metrics = _metrics(result)
+                s.completed_steps.append(
+                    Step(
+                        step_name=task.stage_name,
+                        completed_at=clock.iso(),
+                        metadata={
+                            "run_id": run.run_id,
+                            "status": s.status,
+                            "backups": backups,
+                            "backed_up": [p.backup_uri for p in promoted if p.backup_uri],
+                        },
+                    )
+                )
+                s.completed_steps = s.completed_steps[-20:]  # bounded history
+                return s
+
+            keeper.renew()  # fence the commit too
+            states.update(task.state_entity, commit)
+            failpoints.hit("after_state_commit")
+            for out in result.outputs:
+                lake_store.delete(ctx.staging_uri(out.uri))
+            failpoints.hit("after_cleanup")
+            if data_error:
+                outcome.status, outcome.exit_code, outcome.error = "failed", ExitCode.DATA, data_error
+    except FencedError as exc:
+        outcome.status, outcome.exit_code, outcome.error = "locked", ExitCode.CONFLICT, str(exc)
+    except InterruptedRun as exc:
+        outcome.status, outcome.exit_code, outcome.error = "interrupted", ExitCode.TRANSIENT, str(exc)
+        _mark(states, task, "pending", "interrupted before promotion")
+    except TransientError as exc:
+        outcome.status, outcome.exit_code, outcome.error = "transient", ExitCode.TRANSIENT, str(exc)
+        _mark(states, task, "pending", str(exc))
+    except PgxError as exc:
+        outcome.status, outcome.exit_code, outcome.error = "failed", exc.exit_code, str(exc)
+        _mark(states, task, "failed", str(exc))
+    finally:
+        _safe(lease.release)
+        outcome.duration_sec = round(clock.monotonic() - started, 3)
+    return outcome
+
+
+def _record_rewrite(store: ObjectStore, run: RunInfo, rewrites: tuple[str, str], p: Promoted) -> None:
+    """Tell the stage that produced an object we rewrote in place what its bytes are now (SPEC §7)."""
+    pipeline, entity_id = rewrites
+    states = StateStore(store, run.state_root, pipeline)
+    entity = paths.safe_id(paths.lake_key(run.lake), entity_id)
+
+    def fn(s: PipelineState) -> PipelineState | None:
+        hit = False
+        for rec in s.outputs:
+            if rec.uri == p.uri:
+                rec.rewritten_checksum, rec.rewritten_etag, hit = p.checksum, p.etag, True
+        return s if hit else None
+
+    states.update(entity, fn)
+
+
+def _process(stage: Stage[Any], ent: Entity, ctx: WorkContext) -> EntityResult:
+    """Call the plugin, wrapping anything that is not a PgxError at this one boundary."""
+    try:
+        return stage.process(ent, ctx)
+    except PgxError:
+        raise
+    except (ConnectionError, TimeoutError) as exc:
+        raise TransientError(f"{type(exc).__name__}: {scrub(str(exc))}") from exc
+    except Exception as exc:
+        raise StageError(stage.type_name, stage.version, ctx.entity_id, exc) from exc
+
+
+def _gates(stage: Stage[Any], ent: Entity, result: EntityResult, ctx: WorkContext, store: ObjectStore) -> str | None:
+    """Schema, row-count and conservation gates. Returns the PHI-free failure or None."""
+    try:
+        for out in result.outputs:
+            verify_staged(store, ctx.staging_uri(out.uri), out.rows, stage.output_schema(out))
+        stage.check(ent, result)
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
+def _mark(states: StateStore, task: EntityTask, status: str, error: str) -> None:
+    def fn(s: PipelineState) -> PipelineState:
+        s.status = status  # type: ignore[assignment]
+        s.error = error
+        return s
+
+    _safe(lambda: states.update(task.state_entity, fn))
+
+
+def _safe(fn: Callable[[], Any]) -> None:
+    """Best-effort cleanup: a failure here must not hide the outcome already decided."""
+    with contextlib.suppress(Exception):
+        fn()
+
+
+def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter for transient retries."""
+    import random  # noqa: PLC0415
+
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
