@@ -188,17 +188,31 @@ class Runner:
                 self.check_store()
                 self.plugins.call("pgx_before_run", must_succeed=True, run=self.run, spec=self.spec)
                 executor = make_executor(self.executor_kind, self.stop, run=self.run)
+                failed_script: str | None = None
                 for rs in self.stages:
+                    # After a stage that did not fully succeed, only its siblings (same stage type,
+                    # e.g. ingest of the other data type) still run: later stages would build on
+                    # incomplete inputs.
+                    if failed_script is not None and rs.stage_cls.script_name != failed_script:
+                        log.warning(
+                            "stage not run",
+                            extra={
+                                "event": "stage_skipped",
+                                "skipped_stage": rs.name,
+                                "reason": "an earlier stage did not fully succeed",
+                            },
+                        )
+                        break
+                    if self.stop.is_set():
+                        codes.append(ExitCode.TRANSIENT)
+                        break
                     current = rs
                     with bind(stage=rs.name):
                         code = self._run_stage(rs, executor)
                     codes.append(code)
                     current = None
                     if code != ExitCode.OK:
-                        break
-                    if self.stop.is_set():
-                        codes.append(ExitCode.TRANSIENT)
-                        break
+                        failed_script = rs.stage_cls.script_name
             except PgxError as exc:
                 codes.append(exc.exit_code)
                 self._stage_error(current, exc.exit_code, str(exc))

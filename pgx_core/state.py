@@ -142,6 +142,21 @@ class StateStore:
         return out
 
 
+def produced_checksum(
+    store: ObjectStore, state_root: str, lake: str, *, pipeline: str, entity_id: str, uri: str
+) -> str | None:
+    """The checksum with which stage ``pipeline`` produced ``uri`` (None if it has no record).
+
+    Lets a stage that rewrites another stage's output in place fingerprint its input by what that
+    stage produced, which its own rewrite does not change.
+    """
+    got = store.read_versioned(paths.state_object(state_root, pipeline, paths.safe_id(paths.lake_key(lake), entity_id)))
+    if got is None:
+        return None
+    st = PipelineState.model_validate_json(got[0])
+    return next((o.checksum for o in st.outputs if o.uri == uri), None)
+
+
 class GlobalTracker:
     """``global_tracker.json``: per-status counts and per-entity status of one pipeline."""
 

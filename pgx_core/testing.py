@@ -168,3 +168,47 @@ def lake(request: pytest.FixtureRequest) -> tuple[str, StoreConfig]:
 # ================================================================================================
 # Runtime fixtures (plugin manager, Ray) — reserved for the core team; add them below.
 # ================================================================================================
+
+
+@pytest.fixture
+def plugin_manager() -> Callable[..., Any]:
+    """A factory for fresh plugin managers: ``plugin_manager(("name", module_or_object), ...)``.
+
+    Each call builds a new manager with the installed entry points plus the given in-process
+    plugins, so a plugin's own tests can register it without installing it.
+    """
+    from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
+
+    def make(*extra: tuple[str, object], entrypoints: bool = True) -> Any:
+        return make_plugin_manager(list(extra), entrypoints=entrypoints)
+
+    return make
+
+
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole test session (``ray.init`` costs ~3 s and ~900 MB).
+
+    Workers get ``PYTHONPATH`` plus the folders the ``PGX_TEST_RAY_PYTHONPATH`` environment
+    variable names, so test-only stage modules import on workers too. pgx's Ray executor reuses
+    this connection instead of starting its own.
+    """
+    import os  # noqa: PLC0415
+
+    import ray  # noqa: PLC0415
+
+    extra = [p for p in os.environ.get("PGX_TEST_RAY_PYTHONPATH", "").split(os.pathsep) if p]
+    pythonpath = os.pathsep.join([*extra, os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}} if pythonpath else None,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -13,6 +13,8 @@ import pytest
 
 SUPPORT = Path(__file__).parent / "support"
 REPO = Path(__file__).parent.parent
+# Ray workers of the session-wide local Ray (pgx_core.testing.ray_session) import test-only stages.
+os.environ.setdefault("PGX_TEST_RAY_PYTHONPATH", str(SUPPORT))
 
 
 def write_plugin_dist(site: Path, dist: str, entry_name: str, module: str, source: str | None = None) -> None:

@@ -25,6 +25,7 @@ class Params(StageParams):
     fail: list[str] = []
     lose_rows: list[str] = []
     zone: str = "gold"
+    pid_dir: str | None = None  # each attempt writes <pid_dir>/<entity>.<pid> so a test can kill it
 
 
 class CopyTable(Stage[Params]):
@@ -50,6 +51,11 @@ class CopyTable(Stage[Params]):
     def process(self, entity: Entity, ctx: WorkContext) -> EntityResult:
         if entity.id in self.params.fail:
             raise DataError(f"entity {entity.id} failed its gate on purpose")
+        if self.params.pid_dir:
+            import os
+            from pathlib import Path
+
+            Path(self.params.pid_dir, f"{entity.id}.{os.getpid()}").touch()
         uri = entity.payload["uri"]
         with ctx.store(uri).open_input(uri) as f:
             table = pq.read_table(f)

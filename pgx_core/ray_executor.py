@@ -1,0 +1,159 @@
+"""The Ray executor (SPEC §10): work items become Ray tasks.
+
+* No address: starts a local Ray sized to the machine (the embedded default).
+* ``executor.address`` or ``RAY_ADDRESS`` (which wins): joins an existing cluster, e.g. a KubeRay
+  RayCluster's head service — that is how pgx scales past one machine.
+* Each task requests ``memoryBudgetMb`` of Ray's memory resource, so Ray only runs as many items
+  at once as fit; ``maxParallel`` caps in-flight tasks further.
+* Lost workers (the process died) are retried by Ray itself (``max_retries``); exceptions raised by
+  the function are not retried here (the entity protocol classifies them and the driver retries
+  only transient ones).
+* SIGTERM: the driver stops submitting, raises the shared stop flag that workers check before
+  promotion, gives in-flight tasks a grace period, then cancels what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import ray
+
+from pgx_core.errors import InterruptedRun, TransientError, scrub
+from pgx_core.executor import Executor, OnError
+from pgx_core.log import get_logger
+from pgx_core.stage import RunInfo
+
+T = TypeVar("T")
+R = TypeVar("R")
+log = get_logger(__name__)
+MB = 1024 * 1024
+LOST_WORKER_RETRIES = 3
+STOP_GRACE_SEC = 20.0
+
+
+@ray.remote(num_cpus=0)
+class _StopActor:
+    def __init__(self) -> None:
+        self.flag = False
+
+    def set(self) -> None:
+        self.flag = True
+
+    def is_set(self) -> bool:
+        return self.flag
+
+
+class RayStopFlag:
+    """A stop flag workers can read: backed by a tiny actor the driver raises on SIGTERM."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def is_set(self) -> bool:
+        try:
+            return bool(ray.get(self.actor.is_set.remote(), timeout=10))
+        except Exception:  # the driver is gone: stop
+            return True
+
+
+def _call(fn: Callable[..., Any], item: Any, stop: RayStopFlag | None) -> Any:
+    return fn(item, stop) if stop is not None else fn(item)
+
+
+_remote_call = ray.remote(_call)
+
+
+def ensure_ray(address: str | None) -> bool:
+    """Connect to Ray; returns True when this call started a local Ray (to shut it down later)."""
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS") or address
+    common: dict[str, Any] = {"log_to_driver": False, "configure_logging": False, "include_dashboard": False}
+    if address:
+        log.info("joining ray cluster", extra={"event": "ray_join", "address": address})
+        ray.init(address=address, **common)
+        return False
+    log.info("starting local ray", extra={"event": "ray_start", "cpus": os.cpu_count()})
+    ray.init(num_cpus=os.cpu_count(), **common)
+    return True
+
+
+class RayExecutor(Executor):
+    name = "ray"
+
+    def __init__(self, stop: threading.Event, run: RunInfo | None = None, address: str | None = None) -> None:
+        self.stop = stop
+        self.max_parallel = run.max_parallel if run else None
+        try:
+            self._started = ensure_ray(address if address is not None else (run.ray_address if run else None))
+        except Exception as exc:
+            raise TransientError(f"Ray is unavailable: {type(exc).__name__}: {scrub(str(exc))}") from exc
+        self._stop_actor: Any = None
+
+    def _stop_flag(self) -> RayStopFlag:
+        if self._stop_actor is None:
+            self._stop_actor = _StopActor.remote()  # type: ignore[attr-defined]
+        return RayStopFlag(self._stop_actor)
+
+    def map_unordered(
+        self,
+        fn: Callable[..., R],
+        items: list[T],
+        *,
+        memory_mb: int | None = None,
+        with_stop: bool = False,
+        on_error: OnError[T, R] | None = None,
+    ) -> Iterator[tuple[int, R]]:
+        opts: dict[str, Any] = {"max_retries": LOST_WORKER_RETRIES, "retry_exceptions": False}
+        if memory_mb:
+            opts["memory"] = memory_mb * MB
+        remote = _remote_call.options(**opts)
+        stop_flag = self._stop_flag() if with_stop else None
+        limit = self.max_parallel or len(items) or 1
+        fn_ref = ray.put(fn)
+        in_flight: dict[Any, int] = {}
+        next_i = 0
+        stop_seen_at: float | None = None
+        while next_i < len(items) or in_flight:
+            while next_i < len(items) and len(in_flight) < limit and not self.stop.is_set():
+                in_flight[remote.remote(fn_ref, items[next_i], stop_flag)] = next_i
+                next_i += 1
+            if self.stop.is_set():
+                if stop_seen_at is None:
+                    stop_seen_at = time.monotonic()
+                    if self._stop_actor is not None:
+                        self._stop_actor.set.remote()
+                if not in_flight:
+                    return
+                if time.monotonic() - stop_seen_at > STOP_GRACE_SEC:
+                    for ref in in_flight:
+                        ray.cancel(ref)
+                    raise InterruptedRun(f"{len(in_flight)} work items cancelled after SIGTERM")
+            if not in_flight:
+                continue
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+            for ref in ready:
+                i = in_flight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:
+                    cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+                    if on_error is None:
+                        if isinstance(cause, BaseException) and not isinstance(exc, ray.exceptions.RayTaskError):
+                            raise TransientError(f"Ray work item lost: {type(exc).__name__}") from exc
+                        raise cause from None
+                    result = on_error(items[i], cause)
+                yield i, result
+
+    def close(self) -> None:
+        if self._stop_actor is not None:
+            with contextlib.suppress(Exception):  # best effort: the actor may be gone already
+                ray.kill(self._stop_actor)
+            self._stop_actor = None
+        if self._started and ray.is_initialized():
+            ray.shutdown()

@@ -1,0 +1,88 @@
+"""The `pgx` command line through a real subprocess: exit codes, messages, JSON output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import pgx
+
+THREE_ERRORS = """\
+apiVersion: pgx.io/v1alpha1
+kind: PipelineRun
+metadata: {name: three-errors}
+spec:
+  lake: file:///tmp/x
+  executor: {type: spark}
+  limit: -1
+  stages:
+    - use: line-count
+      with: {chunkBytes: tiny}
+"""
+
+
+def test_validate_reports_three_errors_with_paths_and_exits_64(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(THREE_ERRORS)
+    proc = pgx("validate", str(spec))
+    assert proc.returncode == 64
+    err = proc.stderr
+    assert f"Invalid run spec {spec}: 3 problems" in err
+    assert f"{spec}: spec.executor.type: input should be 'ray' or 'local'; got 'spark'" in err
+    assert f"{spec}: spec.limit: input should be greater than or equal to 1; got -1" in err
+    assert f"{spec}: spec.stages[0].with.chunkBytes: input should be a valid integer" in err
+    assert "Traceback" not in err
+    doc = json.loads(pgx("validate", str(spec), "--json").stdout)
+    assert [p["path"] for p in doc["problems"]] == [
+        "spec.executor.type",
+        "spec.limit",
+        "spec.stages[0].with.chunkBytes",
+    ]
+
+
+def test_unknown_stage_type_lists_available_ones(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        THREE_ERRORS.replace("line-count", "clean-everything")
+        .replace("executor: {type: spark}", "")
+        .replace("limit: -1", "")
+        .replace("with: {chunkBytes: tiny}", "")
+    )
+    proc = pgx("validate", str(spec))
+    assert proc.returncode == 64
+    assert "spec.stages[0].use: unknown stage type 'clean-everything'; available: " in proc.stderr
+    assert "line-count" in proc.stderr and "ingest" in proc.stderr
+
+
+def test_broken_plugin_is_named_and_run_does_not_crash(plugin_site: Callable[..., Path], tmp_path: Path) -> None:
+    plugin_site("pgx-broken", "broken", "pgx_broken_mod", "import not_a_module_anywhere\n")
+    listing = pgx("plugins")
+    assert listing.returncode == 0
+    assert (
+        "broken" in listing.stdout and "FAILED TO LOAD: ModuleNotFoundError: No module named <value>" in listing.stdout
+    )
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "apiVersion: pgx.io/v1alpha1\nkind: PipelineRun\nmetadata: {name: b}\n"
+        f"spec:\n  lake: {(tmp_path / 'lake').as_uri()}\n  stages:\n    - use: broken-stage\n"
+    )
+    proc = pgx("run", str(spec))
+    assert proc.returncode == 64
+    assert "unknown stage type 'broken-stage'" in proc.stderr
+    assert "plugin broken failed to load: ModuleNotFoundError" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_usage_errors_exit_64() -> None:
+    assert pgx("run").returncode == 64
+    assert pgx("frobnicate").returncode == 64
+    assert pgx("rollback", "x.yaml").returncode == 64  # --run-id is required
+
+
+def test_version_and_plugins_json() -> None:
+    assert pgx("--version").stdout.strip() == "pgx 0.1.0"
+    doc = json.loads(pgx("plugins", "--json").stdout)
+    names = {p["name"]: p for p in doc["plugins"]}
+    assert names["ingest"]["stages"] == ["ingest", "reprocess"]
+    assert names["linecount"]["distribution"] == "pgx-example-linecount"

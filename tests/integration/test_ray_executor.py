@@ -1,0 +1,174 @@
+"""Ray executor (issue 4): identical results to the local executor, lost workers retried, data
+errors not retried, joining a separately started Ray head."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pgx_core import paths
+from pgx_core.pluginmanager import make_plugin_manager
+from pgx_core.runner import Runner
+from pgx_core.runspec import load_spec
+from pgx_core.storage import open_store
+from tests.conftest import SUPPORT, pgx
+from tests.core.test_reliability import data_objects, input_table, put_table, summaries
+
+pytestmark = [pytest.mark.ray, pytest.mark.integration]
+
+if str(SUPPORT) not in sys.path:
+    sys.path.insert(0, str(SUPPORT))
+import pgx_teststage  # noqa: E402 - imported top-level so that Ray workers unpickle the same module
+
+
+def seed(lake: str, n: int = 4) -> None:
+    store = open_store(lake)
+    for i in range(n):
+        put_table(store, paths.join(lake, "input", f"part{i}.parquet"), input_table(40 + i, salt=7 * i))
+
+
+def spec_file(tmp: Path, lake: str, executor: dict[str, Any], name: str, **with_: Any) -> Path:
+    doc = {
+        "apiVersion": "pgx.io/v1alpha1",
+        "kind": "PipelineRun",
+        "metadata": {"name": name},
+        "spec": {
+            "lake": lake,
+            "executor": executor,
+            "leaseTtlSeconds": 5,
+            "stages": [{"use": "copy-table", "with": with_}],
+        },
+    }
+    p = tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def run_here(spec: Path) -> tuple[int, Runner]:
+    plugins = make_plugin_manager([("teststage", pgx_teststage)], entrypoints=False)
+    runner = Runner(load_spec(spec, plugins.registry), plugins)
+    return int(runner.execute()), runner
+
+
+def test_ray_and_local_give_byte_identical_lakes(ray_session: None, tmp_path: Path) -> None:
+    a, b = (tmp_path / "a").as_uri(), (tmp_path / "b").as_uri()
+    seed(a)
+    seed(b)
+    assert run_here(spec_file(tmp_path, a, {"type": "local"}, "local"))[0] == 0
+    code, runner = run_here(spec_file(tmp_path, b, {"type": "ray", "maxParallel": 2}, "ray"))
+    assert code == 0
+    objs = data_objects(open_store(b), b)
+    assert len(objs) == 4 and objs == data_objects(open_store(a), a)
+    [doc] = summaries(open_store(b), b, runner.run_id)
+    assert doc["totals"]["completed"] == 4
+
+
+def test_data_errors_are_not_retried(ray_session: None, tmp_path: Path) -> None:
+    lake = (tmp_path / "l").as_uri()
+    seed(lake)
+    code, runner = run_here(spec_file(tmp_path, lake, {"type": "ray"}, "dataerr", fail=["part1", "part3"]))
+    assert code == 2
+    [doc] = summaries(open_store(lake), lake, runner.run_id)
+    by = {e["entity"].rsplit("__", 1)[-1]: e for e in doc["entities"]}
+    assert by["part1"]["status"] == by["part3"]["status"] == "failed"
+    assert by["part1"]["attempts"] == by["part3"]["attempts"] == 1  # failed once, never retried
+    assert by["part0"]["status"] == by["part2"]["status"] == "completed"
+
+
+def test_killed_worker_is_retried_and_the_lake_is_identical(ray_session: None, tmp_path: Path) -> None:
+    ref, lake = (tmp_path / "ref").as_uri(), (tmp_path / "kill").as_uri()
+    seed(ref)
+    seed(lake)
+    assert run_here(spec_file(tmp_path, ref, {"type": "local"}, "ref"))[0] == 0
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    spec = spec_file(tmp_path, lake, {"type": "ray"}, "kill", delaySec=4.0, pidDir=str(pids))
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(zip(("code", "runner"), run_here(spec), strict=True)))
+    t.start()
+    deadline = time.monotonic() + 60
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        found = sorted(pids.glob("part0.*"))
+        victim = int(found[0].suffix[1:]) if found else None
+        time.sleep(0.1)
+    assert victim is not None, "the task never started"
+    os.kill(victim, signal.SIGKILL)
+    t.join(timeout=240)
+    assert result["code"] == 0
+    assert len(list(pids.glob("part0.*"))) >= 2  # the task ran again on another worker
+    assert data_objects(open_store(lake), lake) == data_objects(open_store(ref), ref)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_joins_a_separately_started_ray_head(tmp_path: Path, teststage: Path) -> None:
+    ref, lake = (tmp_path / "ref").as_uri(), (tmp_path / "cluster").as_uri()
+    seed(ref)
+    seed(lake)
+    assert run_here(spec_file(tmp_path, ref, {"type": "local"}, "ref"))[0] == 0
+    port = _free_port()
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        spec = spec_file(tmp_path, lake, {"type": "ray", "address": f"127.0.0.1:{port}"}, "cluster")
+        proc = None
+        for _ in range(30):  # the head takes a few seconds to accept drivers
+            proc = pgx("run", str(spec), "--json", env=env, timeout=240)
+            if proc.returncode != 75:
+                break
+            time.sleep(2)
+        assert proc is not None and proc.returncode == 0, proc.stderr[-3000:]
+        assert '"event": "ray_join"' in proc.stderr
+        assert data_objects(open_store(lake), lake) == data_objects(open_store(ref), ref)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+
+
+def test_one_json_log_line_per_entity_off_a_terminal(tmp_path: Path, teststage: Path) -> None:
+    lake = (tmp_path / "l").as_uri()
+    seed(lake, 3)
+    proc = pgx(
+        "run", str(spec_file(tmp_path, lake, {"type": "local"}, "logs")), env={"PYTHONPATH": os.environ["PYTHONPATH"]}
+    )
+    assert proc.returncode == 0
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    done = [e for e in events if e.get("event") == "entity_completed"]
+    assert len(done) == 3
+    for e in done:
+        assert {"ts", "level", "run_id", "stage", "entity", "event", "rows_in", "rows_out"} <= set(e)
