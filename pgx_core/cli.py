@@ -225,6 +225,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.dir, rows=args.rows, executor=args.executor, as_json=args.json)
 
 
+def cmd_impute(args: argparse.Namespace) -> int:
+    from pgx_impute.shortcut import build_impute_spec  # noqa: PLC0415
+
+    from pgx_core.shortcuts import run_document  # noqa: PLC0415
+
+    doc = build_impute_spec(
+        pharmacy_input=args.pharmacy_input,
+        medical_input=args.medical_input,
+        output_root=args.output_root,
+        limit=args.limit,
+    )
+    return run_document(doc, args, source="pgx impute")
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -280,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rows", type=int, default=20_000)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--defects", action="store_true", help="inject every defect of SPEC Appendix B")
+
+    sp = add("impute", cmd_impute, "seed-compatible: global imputation of bronze into silver")
+    sp.add_argument("--pharmacy-input", help="bronze pharmacy prefix or glob")
+    sp.add_argument("--medical-input", help="bronze medical prefix or glob")
+    sp.add_argument("--output-root", required=True, help="the lake (s3://BUCKET[/PREFIX] or file:///PATH)")
+    sp.add_argument("--limit", type=int)
+    sp.add_argument("--executor", choices=["local", "ray"])
+    sp.add_argument("--print-spec", action="store_true", help="print the generated run spec and exit")
 
     sp = add("demo", cmd_demo, "sample data into a local lake and the whole pipeline on it")
     sp.add_argument("--dir", default="./pgx-demo")

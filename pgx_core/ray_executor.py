@@ -79,7 +79,8 @@ def ensure_ray(address: str | None) -> bool:
         ray.init(address=address, **common)
         return False
     log.info("starting local ray", extra={"event": "ray_start", "cpus": os.cpu_count()})
-    ray.init(num_cpus=os.cpu_count(), **common)
+    # address="local": always a fresh local Ray, never a cluster someone `ray start`-ed on this host.
+    ray.init(address="local", num_cpus=os.cpu_count(), **common)
     return True
 
 

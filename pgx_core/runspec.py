@@ -297,6 +297,11 @@ def validate_document(data: Any, source: str, registry: StageRegistry) -> RunSpe
                 continue
             name = raw["name"] if isinstance(raw.get("name"), str) else use
             resolved.append(ResolvedStage(i, name, use, stage_cls, params))
+    if doc is not None and not problems:
+        # Only a sound document is worth the deeper checks (they may read maps from storage).
+        for st in resolved:
+            for key, message in st.stage_cls.validate_params(st.params, doc.spec):
+                problems.append(SpecProblem(f"spec.stages[{st.index}].with.{key}", message))
     if problems or doc is None:
         raise SpecError(source, problems)
     return RunSpec(source=source, doc=doc, stages=tuple(resolved))

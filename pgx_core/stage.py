@@ -184,6 +184,16 @@ class Stage(abc.ABC, Generic[P]):
         self.run = run
         self.store_for = store_for
 
+    # --- validation ---------------------------------------------------------------------------
+    @classmethod
+    def validate_params(cls, params: P, spec: Spec) -> list[tuple[str, str]]:
+        """Checks that need the whole spec or I/O (e.g. loading and checking a drug map).
+
+        Called by spec validation after ``params`` parsed. Returns ``(key, message)`` pairs; the
+        key is the ``with:`` key (camelCase) the problem is about. Runs in: driver.
+        """
+        return []
+
     # --- driver side ----------------------------------------------------------------------------
     @abc.abstractmethod
     def plan(self) -> list[Entity]:

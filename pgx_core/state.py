@@ -292,6 +292,7 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pgx-lease", daemon=True)
         self._lock = threading.Lock()
+        self._renewed = time.monotonic()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.lease.ttl / 3):
@@ -303,8 +304,17 @@ class LeaseKeeper:
                 continue
 
     def renew(self) -> None:
+        """Renew now (the fence before promotions and commits)."""
         with self._lock:
             self.lease.renew()
+            self._renewed = time.monotonic()
+
+    def beat(self) -> None:
+        """Cheap liveness check for hot loops: raises once fenced; renews only when due."""
+        if self.lease.lost:
+            raise FencedError(f"Lease {self.lease.uri} was taken over by another run; this run may not promote")
+        if time.monotonic() - self._renewed > self.lease.ttl / 3:
+            self.renew()
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()

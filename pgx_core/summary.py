@@ -64,8 +64,6 @@ class StageTally:
         self.totals["rows_out"] += o.rows_out
         self.totals["rows_quarantined"] += o.rows_quarantined
         add_counts(self.stats, o.stats)
-        if o.rows_out_of_scope:
-            add_counts(self.stats, {"out_of_scope": o.rows_out_of_scope})
         self.backups.update(o.backups)
         self.codes.append(ExitCode(o.exit_code))
         entry: dict[str, Any] = {

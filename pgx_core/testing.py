@@ -202,6 +202,7 @@ def ray_session() -> Iterator[None]:
     extra = [p for p in os.environ.get("PGX_TEST_RAY_PYTHONPATH", "").split(os.pathsep) if p]
     pythonpath = os.pathsep.join([*extra, os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
     ray.init(
+        address="local",  # never attach to a cluster another process started on this host
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -145,7 +145,7 @@ def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOut
         with LeaseKeeper(lease) as keeper:
             st = states.update(task.state_entity, begin)
             outcome.attempts = st.attempt
-            ctx = WorkContext(run, task.state_entity, stores, keeper.renew, stop)
+            ctx = WorkContext(run, task.state_entity, stores, keeper.beat, stop)
             result = _process(stage, ent, ctx)
             _fill(outcome, result)
             failpoints.hit("after_staging")

@@ -172,3 +172,41 @@ def test_one_json_log_line_per_entity_off_a_terminal(tmp_path: Path, teststage: 
     assert len(done) == 3
     for e in done:
         assert {"ts", "level", "run_id", "stage", "entity", "event", "rows_in", "rows_out"} <= set(e)
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_transient_errors_are_retried_with_backoff(ray_session: None, tmp_path: Path, executor: str) -> None:
+    lake = (tmp_path / "l").as_uri()
+    seed(lake, 2)
+    flaky = tmp_path / "flaky"
+    flaky.mkdir()
+    code, runner = run_here(spec_file(tmp_path, lake, {"type": executor}, "flaky", flakyDir=str(flaky)))
+    assert code == 0
+    [doc] = summaries(open_store(lake), lake, runner.run_id)
+    assert doc["totals"]["completed"] == 2
+    assert all(e["attempts"] == 2 for e in doc["entities"])  # failed once (transient), then succeeded
+
+
+def test_sigterm_on_ray_releases_leases_and_exits_75(ray_session: None, tmp_path: Path) -> None:
+    lake = (tmp_path / "l").as_uri()
+    seed(lake, 4)
+    spec = spec_file(tmp_path, lake, {"type": "ray", "maxParallel": 1}, "term", delaySec=3.0)
+    result: dict[str, Any] = {}
+    plugins = make_plugin_manager([("teststage", pgx_teststage)], entrypoints=False)
+    runner = Runner(load_spec(spec, plugins.registry), plugins)
+    t = threading.Thread(target=lambda: result.setdefault("code", runner.execute()))
+    t.start()
+    time.sleep(4.5)  # the first entity is done, the second in flight
+    runner.stop.set()  # what the SIGTERM handler does
+    t.join(timeout=120)
+    assert result["code"] == 75
+    [doc] = summaries(open_store(lake), lake, runner.run_id)
+    assert doc["status_code"] == 75
+    assert 1 <= doc["totals"]["completed"] < 4
+    store = open_store(lake)
+    assert not [i for i in store.list(lake + "/") if i.uri.endswith("lease.json")]
+    # What was not finished is simply done by the next run.
+    code, again = run_here(spec)
+    assert code == 0
+    [doc2] = summaries(store, lake, again.run_id)
+    assert doc2["totals"]["skipped"] + doc2["totals"]["completed"] == 4

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pgx_core import paths
-from pgx_core.errors import DataError
+from pgx_core.errors import DataError, TransientError
 from pgx_core.hookspecs import hookimpl
 from pgx_core.runspec import StageParams
 from pgx_core.stage import Entity, EntityResult, Output, Stage, StageRegistry, WorkContext
@@ -26,6 +26,7 @@ class Params(StageParams):
     lose_rows: list[str] = []
     zone: str = "gold"
     pid_dir: str | None = None  # each attempt writes <pid_dir>/<entity>.<pid> so a test can kill it
+    flaky_dir: str | None = None  # the first attempt of each entity raises a transient storage error
 
 
 class CopyTable(Stage[Params]):
@@ -56,6 +57,13 @@ class CopyTable(Stage[Params]):
             from pathlib import Path
 
             Path(self.params.pid_dir, f"{entity.id}.{os.getpid()}").touch()
+        if self.params.flaky_dir:
+            from pathlib import Path
+
+            marker = Path(self.params.flaky_dir, entity.id)
+            if not marker.exists():
+                marker.touch()
+                raise TransientError(f"storage unavailable for {entity.id} (simulated)")
         uri = entity.payload["uri"]
         with ctx.store(uri).open_input(uri) as f:
             table = pq.read_table(f)
