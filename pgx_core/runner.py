@@ -20,6 +20,7 @@ from pgx_core.exitcodes import ExitCode, worst
 from pgx_core.log import bind, get_logger, safe_traceback
 from pgx_core.pluginmanager import Plugins
 from pgx_core.promote import sha256_of
+from pgx_core.resources import measured
 from pgx_core.runspec import ResolvedStage, RunSpec
 from pgx_core.stage import Entity, RunInfo, Stage
 from pgx_core.state import GlobalTracker, PipelineState, StateStore
@@ -115,8 +116,6 @@ class Runner:
         self.stop = stop or threading.Event()
         self.executor_kind = executor or spec.spec.executor.type
         self.run_id = run_id or clock.new_run_id()
-        self.start_time = clock.iso()
-        self.started = clock.monotonic()
         lim = limit if limit is not None else spec.spec.limit
         self.run = RunInfo.from_spec(spec.spec, self.run_id, spec.name)
         if lim != self.run.limit:
@@ -124,6 +123,7 @@ class Runner:
         self.stores = StoreCache(self.run.store_config)
         self.on_progress = on_progress
         self.summaries: list[str] = []
+        self._current_tally: summary.StageTally | None = None
         self._tallies: dict[str, list[summary.StageTally]] = {}
 
     # --- helpers --------------------------------------------------------------------------------
@@ -237,6 +237,7 @@ class Runner:
 
     def _run_stage(self, rs: ResolvedStage, executor: Executor) -> ExitCode:
         tally = summary.StageTally(rs.name, rs.use)
+        self._current_tally = tally
         self._tallies.setdefault(rs.stage_cls.script_name, []).append(tally)
         plan = self.plan_stage(rs)
         self.plugins.call(
@@ -324,7 +325,10 @@ class Runner:
             pending = retry
 
     def _fan_out(self, executor: Executor, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
-        for _, result in executor.map_unordered(fn, items, memory_mb=self.run.memory_budget_mb):
+        tally = self._current_tally
+        for _, (result, peak_mb) in executor.map_unordered(measured(fn), items, memory_mb=self.run.memory_budget_mb):
+            if tally is not None:
+                tally.peak_item_rss_mb = max(tally.peak_item_rss_mb, peak_mb)
             yield result
 
     def _after_entity(self, rs: ResolvedStage, o: EntityOutcome) -> None:
@@ -371,8 +375,6 @@ class Runner:
             script_name=rs.stage_cls.script_name,
             run_id=self.run_id,
             run_name=self.run.run_name,
-            start_time=self.start_time,
-            started_mono=self.started,
             tallies=self._tallies[rs.stage_cls.script_name],
             plugin={"name": rs.stage_cls.plugin_name, "version": info.version if info else rs.stage_cls.version},
             spec_fingerprint=self.spec.fingerprint(),

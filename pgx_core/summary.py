@@ -48,6 +48,10 @@ class StageTally:
     codes: list[ExitCode] = field(default_factory=list)  # exit code implied by each entity outcome
     exit_code: ExitCode = ExitCode.OK
     error: str | None = None
+    peak_item_rss_mb: int = 0  # largest RSS of a process while it ran one of this stage's items
+    # When the stage began: a summary's times are those of its script_name's stages, not the run's.
+    start_time: str = field(default_factory=clock.iso)
+    started_mono: float = field(default_factory=clock.monotonic)
 
     def add_skipped(self, entity: str, stage: str) -> None:
         self.totals["entities"] += 1
@@ -66,6 +70,7 @@ class StageTally:
         add_counts(self.stats, o.stats)
         self.backups.update(o.backups)
         self.codes.append(ExitCode(o.exit_code))
+        self.peak_item_rss_mb = max(self.peak_item_rss_mb, o.peak_rss_mb)
         entry: dict[str, Any] = {
             "entity": o.state_entity,
             "stage": stage,
@@ -75,6 +80,7 @@ class StageTally:
             "rows_out": o.rows_out,
             "rows_quarantined": o.rows_quarantined,
             "duration_sec": o.duration_sec,
+            "peak_rss_mb": o.peak_rss_mb,
             "stats": nest(o.stats),
         }
         if o.error:
@@ -99,8 +105,6 @@ def build(
     script_name: str,
     run_id: str,
     run_name: str,
-    start_time: str,
-    started_mono: float,
     tallies: list[StageTally],
     plugin: dict[str, str],
     spec_fingerprint: str,
@@ -130,9 +134,9 @@ def build(
         "script_name": script_name,
         "run_id": run_id,
         "run_name": run_name,
-        "start_time": start_time,
+        "start_time": tallies[0].start_time,
         "end_time": clock.iso(),
-        "duration_sec": round(clock.monotonic() - started_mono, 3),
+        "duration_sec": round(clock.monotonic() - tallies[0].started_mono, 3),
         "status": status_of(code, totals, error),
         "status_code": int(code),
         "totals": totals,
@@ -145,9 +149,12 @@ def build(
                 "status_code": int(t.exit_code),
                 "totals": t.totals,
                 "stats": nest(t.stats),
+                "peak_item_rss_mb": t.peak_item_rss_mb,
             }
             for t in tallies
         ],
+        # SPEC §13 evidence: the largest RSS any process reached while running one of the items.
+        "resources": {"peak_item_rss_mb": max(t.peak_item_rss_mb for t in tallies)},
         "plugin": plugin,
         "spec_fingerprint": spec_fingerprint,
         "backups": sorted(backups),

@@ -28,6 +28,7 @@ from pgx_core.errors import (
 from pgx_core.executor import StopFlag
 from pgx_core.exitcodes import ExitCode
 from pgx_core.promote import Promoted, promote_object, sha256_of, verify_staged
+from pgx_core.resources import PeakRss
 from pgx_core.runspec import StageParams
 from pgx_core.stage import Entity, EntityResult, RunInfo, Stage, WorkContext
 from pgx_core.state import LeaseKeeper, OutputRecord, PipelineState, StateStore, Step, acquire_lease
@@ -80,6 +81,7 @@ class EntityOutcome:
     error: str | None = None
     attempts: int = 1
     duration_sec: float = 0.0
+    peak_rss_mb: int = 0  # of the process running the entity, sampled while it ran
 
 
 def _fill(outcome: EntityOutcome, result: EntityResult) -> None:
@@ -142,7 +144,7 @@ def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOut
         return st
 
     try:
-        with LeaseKeeper(lease) as keeper:
+        with LeaseKeeper(lease) as keeper, PeakRss() as rss:
             st = states.update(task.state_entity, begin)
             outcome.attempts = st.attempt
             ctx = WorkContext(run, task.state_entity, stores, keeper.beat, stop)
@@ -227,6 +229,7 @@ def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOut
     finally:
         _safe(lease.release)
         outcome.duration_sec = round(clock.monotonic() - started, 3)
+        outcome.peak_rss_mb = rss.peak_mb
     return outcome
 
 

@@ -224,10 +224,13 @@ def test_two_runs_at_once_promote_each_entity_once(
     uri, cfg = lake
     store = open_store(uri, cfg)
     put_table(store, paths.join(uri, "input", "only.parquet"), input_table(10))
-    spec = write_spec(tmp_path, uri, cfg, delaySec=3.0)
+    spec = write_spec(tmp_path, uri, cfg, delaySec=8.0)
     cmd = [sys.executable, "-m", "pgx_core", "run", str(spec), "--json"]
     a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    lease = paths.lease_object(paths.join(uri, "_state"), "test_copy", f"{paths.lake_key(uri)}__only")
+    deadline = time.monotonic() + 60
+    while store.head(lease) is None and time.monotonic() < deadline:  # A is working on the entity
+        time.sleep(0.05)
     b = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out_a, _ = a.communicate(timeout=120)
     out_b, _ = b.communicate(timeout=120)
