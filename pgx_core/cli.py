@@ -239,6 +239,17 @@ def cmd_impute(args: argparse.Namespace) -> int:
     return run_document(doc, args, source="pgx impute")
 
 
+def cmd_update_codes(args: argparse.Namespace) -> int:
+    from pgx_update_codes.shortcut import build_update_codes_spec, legacy_notes, resume_requested  # noqa: PLC0415
+
+    from pgx_core.shortcuts import run_document  # noqa: PLC0415
+
+    for note in legacy_notes(args):
+        print(note, file=sys.stderr)
+    doc = build_update_codes_spec(args)
+    return run_document(doc, args, source="pgx update-codes", resume=resume_requested(args))
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -300,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--medical-input", help="bronze medical prefix or glob")
     sp.add_argument("--output-root", required=True, help="the lake (s3://BUCKET[/PREFIX] or file:///PATH)")
     sp.add_argument("--limit", type=int)
+    sp.add_argument("--executor", choices=["local", "ray"])
+    sp.add_argument("--print-spec", action="store_true", help="print the generated run spec and exit")
+
+    sp = add("update-codes", cmd_update_codes, "seed-compatible: pass-2 target-code normalization of gold")
+    from pgx_update_codes.shortcut import add_update_codes_arguments  # noqa: PLC0415
+
+    add_update_codes_arguments(sp)
     sp.add_argument("--executor", choices=["local", "ray"])
     sp.add_argument("--print-spec", action="store_true", help="print the generated run spec and exit")
 
