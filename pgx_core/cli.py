@@ -250,6 +250,19 @@ def cmd_update_codes(args: argparse.Namespace) -> int:
     return run_document(doc, args, source="pgx update-codes", resume=resume_requested(args))
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from pgx_core.report import build_report, default_out_dir, resolve_run  # noqa: PLC0415
+
+    lake, run_id, config = resolve_run(args.target, args.lake)
+    out = Path(args.out) if args.out else default_out_dir(run_id)
+    paths_ = build_report(lake, run_id, out, config)
+    doc = {"run_id": run_id, "lake": lake, "html": str(paths_.html), "pngs": [str(p) for p in paths_.pngs]}
+    _emit(args, doc, lambda: print(paths_.html))
+    return ExitCode.OK
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -320,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_update_codes_arguments(sp)
     sp.add_argument("--executor", choices=["local", "ray"])
     sp.add_argument("--print-spec", action="store_true", help="print the generated run spec and exit")
+
+    sp = add("report", cmd_report, "HTML report of a run, built from its summaries only")
+    sp.add_argument("target", metavar="RUN_ID_OR_SPEC")
+    sp.add_argument("--lake", help="lake URI for a bare run id (default: PGX_LAKE)")
+    sp.add_argument("--out", metavar="DIR", help="output directory (default ./pgx-report-<run_id>)")
 
     sp = add("demo", cmd_demo, "sample data into a local lake and the whole pipeline on it")
     sp.add_argument("--dir", default="./pgx-demo")

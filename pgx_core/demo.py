@@ -23,21 +23,29 @@ from pgx_core.runner import Runner
 from pgx_core.runspec import load_spec
 from pgx_core.storage import open_store
 
-# The pipeline in SPEC §1 order; stages whose plugins are not installed are left out.
-PIPELINE: list[dict[str, Any]] = [
-    {"use": "ingest", "name": "ingest-pharmacy", "with": {"dataType": "pharmacy"}},
-    {"use": "ingest", "name": "ingest-medical", "with": {"dataType": "medical"}},
-    {"use": "impute"},
-    {"use": "clean-pharmacy"},
-    {"use": "clean-medical"},
-    {"use": "update-codes", "with": {"datasets": ["medical", "pharmacy"]}},
-    {"use": "target-frequency"},
-    {"use": "line-count"},  # the example third-party plugin, when installed
-]
+# Small example maps (the real ones live in the team's repository bucket).
+TARGET_MAP = {"F11.20": "F1120", "YF1120": "F1120", "I50.32": "I5032", "E11.9": "E119", "J69.0": "J690"}
+DRUG_MAP = {"HYDRALAZINE HCL": "hydralazine_hydrochloride", "APAP/CODEINE": "acetaminophen_codeine"}
 
 
-def demo_spec(lake: str, available: set[str], executor: str) -> dict[str, Any]:
-    stages = [s for s in PIPELINE if s["use"] in available]
+def pipeline(target_map: str, drug_map: str) -> list[dict[str, Any]]:
+    """The pipeline in SPEC §1 order."""
+    return [
+        {"use": "ingest", "name": "ingest-pharmacy", "with": {"dataType": "pharmacy"}},
+        {"use": "ingest", "name": "ingest-medical", "with": {"dataType": "medical"}},
+        {"use": "impute"},
+        {"use": "clean-pharmacy", "with": {"drugMap": drug_map}},
+        {"use": "clean-medical"},
+        {"use": "update-codes", "with": {"datasets": ["medical"], "targetMap": target_map}},
+        {"use": "target-frequency", "with": {"targetMap": target_map}},
+        {"use": "line-count"},  # the example third-party plugin, when installed
+    ]
+
+
+def demo_spec(lake: str, available: set[str], executor: str, maps: Path) -> dict[str, Any]:
+    """The demo's run spec; stages whose plugins are not installed are left out."""
+    target, drug = maps / "target_icd_mapping.json", maps / "drug_map.json"
+    stages = [s for s in pipeline(target.as_uri(), drug.as_uri()) if s["use"] in available]
     return {
         "apiVersion": "pgx.io/v1alpha1",
         "kind": "PipelineRun",
@@ -61,9 +69,13 @@ def run_demo(directory: str, *, rows: int, executor: str | None, as_json: bool) 
             for f in sorted((tmp / data_type).glob("*.txt")):
                 shutil.move(str(f), raw / data_type / f.name)
         shutil.rmtree(tmp)
+    maps = root / "maps"
+    maps.mkdir(exist_ok=True)
+    (maps / "target_icd_mapping.json").write_text(json.dumps(TARGET_MAP, indent=1))
+    (maps / "drug_map.json").write_text(json.dumps(DRUG_MAP, indent=1))
     plugins = make_plugin_manager()
     lake = lake_dir.as_uri()
-    doc = demo_spec(lake, set(plugins.registry.names()), executor or "ray")
+    doc = demo_spec(lake, set(plugins.registry.names()), executor or "ray", maps)
     spec_path = root / "demo.yaml"
     spec_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     spec = load_spec(spec_path, plugins.registry)
@@ -73,6 +85,10 @@ def run_demo(directory: str, *, rows: int, executor: str | None, as_json: bool) 
     code = runner.execute()
     progress.close()
     report = _report(lake, runner, code, spec_path)
+    if runner.summaries:
+        from pgx_core.report import build_report  # noqa: PLC0415 - matplotlib is only needed here
+
+        report["report"] = str(build_report(lake, runner.run_id, root / "report").html)
     if as_json:
         print(json.dumps(report, indent=1))
     else:
@@ -83,6 +99,8 @@ def run_demo(directory: str, *, rows: int, executor: str | None, as_json: bool) 
             print(f"    {zone:<12} {n} objects")
         for s in report["summaries"]:
             print(f"  summary: {s}")
+        if "report" in report:
+            print(f"  report: {report['report']}")
     return int(code)
 
 

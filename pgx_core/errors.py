@@ -6,6 +6,7 @@
     ├── UsageError                64  bad command line
     ├── SpecError                 64  invalid run spec (carries every problem at once)
     ├── PluginError               64  a plugin failed to load, or a stage type is unknown/duplicated
+    ├── HookError                  1  a lifecycle hook that may veto (before_run/before_stage) raised
     ├── DataError                  2  a data gate failed; never retried
     │   └── ConservationError      2  rows in != rows out + quarantined (+ out of scope)
     ├── ConflictError              3  another live run holds the entity's lease
@@ -67,6 +68,10 @@ class SpecError(PgxError):
 
 class PluginError(PgxError):
     exit_code = ExitCode.USAGE
+
+
+class HookError(PgxError):
+    exit_code = ExitCode.INTERNAL
 
 
 class DataError(PgxError):

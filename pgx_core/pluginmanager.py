@@ -16,7 +16,7 @@ from typing import Any
 import pluggy
 
 from pgx_core import hookspecs
-from pgx_core.errors import PgxError, PluginError, scrub
+from pgx_core.errors import HookError, PgxError, PluginError, scrub
 from pgx_core.log import get_logger
 from pgx_core.stage import StageRegistry
 
@@ -59,7 +59,7 @@ class Plugins:
             getattr(self.pm.hook, hook)(**kwargs)
         except Exception as exc:
             if must_succeed:
-                raise PluginError(f"Hook {hook} failed: {type(exc).__name__}: {scrub(str(exc))}") from exc
+                raise HookError(f"Hook {hook} failed: {type(exc).__name__}: {scrub(str(exc))}") from exc
             log.error(
                 "hook failed",
                 extra={"event": "hook_failed", "hook": hook, "error": f"{type(exc).__name__}: {scrub(str(exc))}"},

@@ -1,0 +1,296 @@
+"""Reference tables of ``docs/runspec.md``, generated from the pydantic models so they cannot drift.
+
+The doc's prose is written by hand; only the blocks between ``<!-- BEGIN GENERATED: <name> -->``
+and ``<!-- END GENERATED: <name> -->`` come from here: every key of the ``PipelineRun`` document
+(:mod:`pgx_core.runspec`) and every ``with:`` parameter of each built-in stage (the stages that
+pgx's own distribution registers through its ``pgx.plugins`` entry points; third-party plugins
+document theirs). ``tests/docs`` fails when the committed file differs from what this module
+generates. Regenerate with::
+
+    python -m pgx_core.docgen --write docs/runspec.md
+
+A key's meaning is its pydantic ``Field(description=...)``; the core spec models have none (their
+prose lives here, in :data:`MEANINGS`), so adding a key without saying what it means fails loudly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import distribution
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import annotated_types
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from pgx_core.runspec import PipelineRun, StageParams
+from pgx_core.stage import Stage, StageRegistry
+
+DISTRIBUTION = "pgx"
+GROUP = "pgx.plugins"
+
+# Meanings of the core spec keys (pgx_core.runspec declares no descriptions), by key path.
+MEANINGS: dict[str, str] = {
+    "apiVersion": "Version of the document format; exactly `pgx.io/v1alpha1`.",
+    "kind": "Exactly `PipelineRun`.",
+    "metadata": "Identity of the run spec (Kubernetes-style).",
+    "metadata.name": "Name of the spec (a DNS-1123 label: lower-case letters, digits, `-`, at most 63). "
+    "Recorded as `run_name` in every summary; `pgx render` derives object names from it.",
+    "metadata.namespace": "Kubernetes namespace for `pgx render` when `--namespace` is not given.",
+    "metadata.labels": "Free-form labels for your own bookkeeping (kept in the spec `pgx render` embeds). "
+    "Not part of the spec fingerprint.",
+    "metadata.annotations": "Free-form annotations, as labels. Not part of the spec fingerprint.",
+    "spec": "What to run and where.",
+    "spec.lake": "Root URI of the lake: `s3://BUCKET[/PREFIX]` or `file:///ABS/PATH` (a trailing `/` is dropped).",
+    "spec.stateRoot": "Where state and leases live (`<stateRoot>/pgx-pipeline-status/…`). Default: "
+    "`s3://pgx-repository` for an S3 lake, `<lake>/_state` for a file lake.",
+    "spec.backupRoot": "Where promotion backs up replaced objects (`<backupRoot>/backup_<stamp>/…`). "
+    "Default: `<lake>/_backups/`.",
+    "spec.s3": "Object-store settings. Credentials are never here: they come from the standard AWS chain.",
+    "spec.s3.endpointUrl": "S3 endpoint for MinIO, moto or an on-premises store; `null` for AWS.",
+    "spec.s3.region": "AWS region of the buckets.",
+    "spec.s3.allowUnsafeStore": "Run even when the store does not enforce conditional writes "
+    "(`If-None-Match`/`If-Match`). State and leases are then unsafe with concurrent runs; never in production.",
+    "spec.partitions": "Which partitions the run covers.",
+    "spec.partitions.years": "Event years of the run (1900-2100; sorted and de-duplicated). Rows of other "
+    "years are counted as out of scope by impute.",
+    "spec.partitions.ageBands": "`all`, or a list of the age bands `0-12` … `95-114`, `unknown`.",
+    "spec.executor": "How work items run.",
+    "spec.executor.type": "`ray` fans entities out over Ray; `local` runs them in-process, one at a time "
+    "(same results; for debugging).",
+    "spec.executor.address": "`null` starts a local Ray; `auto` or `ray://HOST:10001` joins a cluster "
+    "(e.g. a KubeRay head service). The `RAY_ADDRESS` environment variable wins.",
+    "spec.executor.maxParallel": "Cap on concurrent work items (`null`: as many as Ray's memory resource admits).",
+    "spec.executor.memoryBudgetMb": "Memory per work item in MB; stages size buckets and chunks to fit and "
+    "Ray schedules by it.",
+    "spec.limit": "Smoke runs: process at most N entities per stage (`pgx run --limit` overrides).",
+    "spec.leaseTtlSeconds": "Lifetime of an entity lease (5-3600 s); renewed every third of it while the "
+    "entity is worked on. An expired lease may be taken over by another run.",
+    "spec.stages": "The stages to run, in order (at least one).",
+    "spec.stages[].use": "Stage type, registered by a plugin (`pgx plugins` lists them).",
+    "spec.stages[].name": "Name of the stage within the spec (unique; default: `use`). `pgx run --stage NAME` "
+    "selects it.",
+    "spec.stages[].with": "Parameters of the stage, checked by the stage's own model (tables below).",
+}
+# Built-in stage parameters without a Field description, as "<stage type>.<key>".
+PARAM_MEANINGS: dict[str, str] = {
+    "reprocess.delimiter": "Field delimiter of the rejected lines (as in ingest).",
+    "update-codes.datasets": "Gold datasets to rewrite: `medical`, `pharmacy` or both. Medical needs "
+    "`targetMap`, pharmacy needs `drugMap`.",
+}
+
+
+class DocGenError(Exception):
+    """A key has no meaning to document (add a ``Field(description=...)`` or a MEANINGS entry)."""
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """One documented key: its path (camelCase, by alias), type, default and meaning."""
+
+    path: str
+    type: str
+    default: str
+    meaning: str
+
+
+# --- models → rows ----------------------------------------------------------------------------------
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds directly or as a list's item, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation) or (None,)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
+_SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
+
+
+def type_name(annotation: Any) -> str:
+    """Human type of an annotation: ``int | None`` → ``integer or null``."""
+    if annotation in _SCALARS:
+        return _SCALARS[annotation]
+    if annotation is Any:
+        return "any"
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Literal:
+        return " or ".join(f"`{json.dumps(a)}`" for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin is list:
+        if not args:
+            return "list"
+        item = type_name(args[0])
+        return f"list of ({item})" if " or " in item else f"list of {item}"
+    if origin is dict:
+        return "mapping" if not args or args[1] is Any else f"mapping of {type_name(args[0])} to {type_name(args[1])}"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _constraints(info: FieldInfo) -> str:
+    out = []
+    for m in info.metadata:
+        if isinstance(m, annotated_types.Ge):
+            out.append(f"≥ {m.ge}")
+        elif isinstance(m, annotated_types.Gt):
+            out.append(f"> {m.gt}")
+        elif isinstance(m, annotated_types.Le):
+            out.append(f"≤ {m.le}")
+        elif isinstance(m, annotated_types.Lt):
+            out.append(f"< {m.lt}")
+        elif isinstance(m, annotated_types.MinLen):
+            out.append(f"length ≥ {m.min_length}")
+        elif isinstance(m, annotated_types.MaxLen):
+            out.append(f"length ≤ {m.max_length}")
+    return ", ".join(out)
+
+
+def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+    if value is PydanticUndefined:
+        return "required"
+    if isinstance(value, BaseModel):
+        return "see below"
+    return f"`{json.dumps(value)}`"
+
+
+def walk(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo, type[BaseModel] | None]]:
+    """``(key path, field, nested model)`` of every key of ``model``, depth first, by alias."""
+    for name, info in model.model_fields.items():
+        path = prefix + (info.alias or name)
+        nested = _model_of(info.annotation)
+        yield path, info, nested
+        if nested is not None:
+            suffix = "[]." if get_origin(info.annotation) is list else "."
+            yield from walk(nested, path + suffix)
+
+
+def key_docs(model: type[BaseModel], meanings: dict[str, str], meaning_prefix: str = "") -> list[KeyDoc]:
+    """One :class:`KeyDoc` per key; raises :class:`DocGenError` naming every key without a meaning."""
+    out: list[KeyDoc] = []
+    missing: list[str] = []
+    for path, info, _ in walk(model):
+        meaning = info.description or meanings.get(meaning_prefix + path)
+        if not meaning:
+            missing.append(meaning_prefix + path)
+            continue
+        kind = type_name(info.annotation)
+        limits = _constraints(info)
+        out.append(KeyDoc(path, f"{kind}; {limits}" if limits else kind, _default(info), meaning))
+    if missing:
+        raise DocGenError(
+            f"Keys without a meaning: {', '.join(missing)}. Add Field(description=...) to the model, "
+            "or an entry to pgx_core.docgen.MEANINGS / PARAM_MEANINGS."
+        )
+    return out
+
+
+def _cell(text: str) -> str:
+    """A table cell: ``|`` escaped; ``<…>`` outside code spans escaped (it would vanish as a tag)."""
+    parts = text.replace("\n", " ").split("`")
+    for i in range(0, len(parts), 2):  # even parts lie outside backticks
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts).replace("|", "\\|")
+
+
+def table(rows: list[KeyDoc]) -> str:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{r.path}` | {_cell(r.type)} | {_cell(r.default)} | {_cell(r.meaning)} |" for r in rows]
+    return "\n".join(lines)
+
+
+# --- sections -----------------------------------------------------------------------------------------
+
+
+def builtin_stages() -> list[type[Stage[Any]]]:
+    """Stage classes registered by pgx's own distribution, sorted by type name.
+
+    Loaded straight from the distribution's entry points (not through the plugin manager), so
+    neither installed third-party plugins nor ``PGX_DISABLE_PLUGINS`` change the documentation.
+    """
+    registry = StageRegistry()
+    for ep in sorted(distribution(DISTRIBUTION).entry_points, key=lambda e: e.name):
+        if ep.group == GROUP:
+            registry._current_plugin = ep.name
+            ep.load().pgx_register_stages(registry=registry)
+    return [cls for _, cls in registry.items()]
+
+
+def spec_section() -> str:
+    return table(key_docs(PipelineRun, MEANINGS))
+
+
+def stages_section() -> str:
+    parts = []
+    for cls in builtin_stages():
+        params: type[StageParams] = cls.Params
+        head = (
+            f"### `{cls.type_name}`\n\ntx `{cls.tx}` · script_name `{cls.script_name}` · "
+            f"parameter model `{params.__module__}.{params.__qualname__}`\n\n"
+        )
+        rows = key_docs(params, PARAM_MEANINGS, f"{cls.type_name}.")
+        parts.append(head + (table(rows) if rows else "No parameters (`with:` may be omitted)."))
+    return "\n\n".join(parts)
+
+
+SECTIONS = {"spec-keys": spec_section, "stage-params": stages_section}
+_BLOCK = re.compile(
+    r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.S
+)
+
+
+def render(text: str) -> str:
+    """``text`` with every generated block replaced by what the models say now."""
+    seen: set[str] = set()
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name not in SECTIONS:
+            raise DocGenError(f"Unknown generated block {name!r}; known: {', '.join(SECTIONS)}")
+        seen.add(name)
+        return f"{m.group(1)}{SECTIONS[name]()}\n{m.group(4)}"
+
+    out = _BLOCK.sub(sub, text)
+    if missing := set(SECTIONS) - seen:
+        raise DocGenError(f"Generated blocks missing from the document: {', '.join(sorted(missing))}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pgx_core.docgen [--write] [DOC]``: check (exit 1 on drift) or rewrite the doc."""
+    p = argparse.ArgumentParser(prog="python -m pgx_core.docgen", description=__doc__.splitlines()[0])
+    p.add_argument("doc", nargs="?", default="docs/runspec.md")
+    p.add_argument("--write", action="store_true", help="rewrite the generated blocks in place")
+    args = p.parse_args(argv)
+    path = Path(args.doc)
+    text = path.read_text(encoding="utf-8")
+    new = render(text)
+    if args.write:
+        path.write_text(new, encoding="utf-8")
+        return 0
+    if new != text:
+        print(f"{path} is out of date: run python -m pgx_core.docgen --write {path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
