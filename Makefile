@@ -32,5 +32,14 @@ pytest: install
 bench: install               ## end-to-end benchmark, e.g. make bench ROWS=2000000
 	$(BIN)/python benchmarks/run.py --rows $(ROWS)
 
+image-test:                  ## build the image with podman (local Debian base) and run pgx in it read-only; ~7 min, not in `make test`
+	bash scripts/image-test.sh
+
 clean:
 	rm -rf $(VENV) demo-lake .pytest_cache .mypy_cache .ruff_cache
+
+chart: install               ## render, lint and validate the Helm chart and manifests
+	$(BIN)/pytest -m chart -q
+
+manifests: install           ## regenerate manifests/ from the chart and pgx render
+	$(BIN)/python scripts/gen_manifests.py

@@ -263,6 +263,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from pgx_core.render import DEFAULT_IMAGE, render_run, to_yaml  # noqa: PLC0415
+
+    _, spec = _plugins_and_spec(args.spec)
+    objects = render_run(spec, image=args.image or DEFAULT_IMAGE, namespace=args.namespace)
+    if args.json:  # a v1 List stays usable with `kubectl apply -f -`
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=1))
+    else:
+        print(to_yaml(objects), end="")
+    return ExitCode.OK
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -333,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_update_codes_arguments(sp)
     sp.add_argument("--executor", choices=["local", "ray"])
     sp.add_argument("--print-spec", action="store_true", help="print the generated run spec and exit")
+
+    sp = add("render", cmd_render, "print the Kubernetes ConfigMap + Job that run SPEC in a cluster")
+    sp.add_argument("spec")
+    sp.add_argument("--image", help="container image (default: pgx:<version>)")
+    sp.add_argument("--namespace", help="namespace of the objects (default: the spec's, else none)")
 
     sp = add("report", cmd_report, "HTML report of a run, built from its summaries only")
     sp.add_argument("target", metavar="RUN_ID_OR_SPEC")

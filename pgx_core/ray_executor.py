@@ -68,6 +68,19 @@ def _call(fn: Callable[..., Any], item: Any, stop: RayStopFlag | None) -> Any:
 _remote_call = ray.remote(_call)
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: the cgroup quota (a pod's limit) or the affinity mask, not the node's."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:  # cgroup v2: "<quota> <period>" or "max <period>"
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 def ensure_ray(address: str | None) -> bool:
     """Connect to Ray; returns True when this call started a local Ray (to shut it down later)."""
     if ray.is_initialized():
@@ -78,9 +91,10 @@ def ensure_ray(address: str | None) -> bool:
         log.info("joining ray cluster", extra={"event": "ray_join", "address": address})
         ray.init(address=address, **common)
         return False
-    log.info("starting local ray", extra={"event": "ray_start", "cpus": os.cpu_count()})
+    cpus = available_cpus()
+    log.info("starting local ray", extra={"event": "ray_start", "cpus": cpus})
     # address="local": always a fresh local Ray, never a cluster someone `ray start`-ed on this host.
-    ray.init(address="local", num_cpus=os.cpu_count(), **common)
+    ray.init(address="local", num_cpus=cpus, **common)
     return True
 
 

@@ -1,0 +1,281 @@
+"""Kubernetes objects that run one spec in a cluster (SPEC §5 ``pgx render``, SPEC §12).
+
+:func:`render_run` returns a ConfigMap holding the run spec and a Job running
+``pgx run /etc/pgx/spec.yaml`` on it; :func:`to_yaml` prints them for ``kubectl apply -f -``.
+
+The Job has exactly the shape of the Helm chart's CronJob ``jobTemplate`` (``charts/pgx``,
+template ``pgx.jobSpec``) and :class:`JobSettings` holds the chart's ``values.yaml`` defaults;
+``tests/chart`` renders both for the same spec and fails when they differ.
+
+The ConfigMap holds the spec's **canonical form** (defaults filled, stage parameters normalized,
+keys sorted), not the original text: what runs in the cluster is exactly what was validated here,
+later changes of pgx's defaults do not change an already rendered run, and the fingerprint the
+run records equals the one ``pgx validate`` prints for the original file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from pgx_core import __version__
+from pgx_core.errors import UsageError
+from pgx_core.exitcodes import ExitCode
+from pgx_core.runspec import RunSpec
+
+SPEC_DIR = "/etc/pgx"
+# Paths inside the pod (not temporary files of this process): the /tmp emptyDir, Ray's directory in
+# it, and the memory-backed /dev/shm of a local Ray.
+TMP_DIR = "/tmp"  # noqa: S108
+RAY_TMP_DIR = "/tmp/ray"  # noqa: S108
+SHM_DIR = "/dev/shm"  # noqa: S108
+SPEC_KEY = "spec.yaml"
+CONTAINER = "pgx"
+DEFAULT_IMAGE = f"pgx:{__version__}"
+DEFAULT_SERVICE_ACCOUNT = "pgx"
+# Exit codes that retrying cannot fix (SPEC §5): the Job fails at once instead of using its retries.
+NO_RETRY_EXIT_CODES = (int(ExitCode.DATA), int(ExitCode.CONFLICT), int(ExitCode.USAGE))
+MAX_NAME = 63  # a Job's name is copied into a label value of its pods
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _default_resources() -> dict[str, dict[str, str]]:
+    return {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}}
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Job and pod settings; the defaults are those of ``charts/pgx/values.yaml``."""
+
+    backoff_limit: int = 2  # job.backoffLimit
+    active_deadline_seconds: int = 43200  # job.activeDeadlineSeconds
+    ttl_seconds_after_finished: int = 604800  # job.ttlSecondsAfterFinished
+    termination_grace_period_seconds: int = 120  # job.terminationGracePeriodSeconds
+    resources: Mapping[str, Mapping[str, str]] = field(default_factory=_default_resources)  # resources
+    tmp_size_limit: str = "16Gi"  # tmp.sizeLimit
+    shm_size_limit: str = "3Gi"  # ray.shmSizeLimit
+    run_as_user: int = 10001  # securityContext.runAsUser
+    run_as_group: int = 10001  # securityContext.runAsGroup
+    fs_group: int = 10001  # securityContext.fsGroup
+    image_pull_policy: str = "IfNotPresent"  # image.pullPolicy
+    extra_env: Sequence[Mapping[str, Any]] = ()  # extraEnv
+
+
+def object_name(run_name: str) -> str:
+    """``pgx-<run name>``, shortened with a hash suffix when longer than 63 characters."""
+    name = f"pgx-{run_name}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(run_name.encode()).hexdigest()[:8]
+    return f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+
+
+def spec_document(spec: RunSpec) -> dict[str, Any]:
+    """The document the ConfigMap holds: the canonical form, plus the metadata labels and annotations
+    (which the canonical form leaves out because they do not change what a run does), without a
+    null ``metadata.namespace``. Validating it again gives the same canonical form and fingerprint."""
+    doc = spec.canonical()
+    meta = spec.doc.metadata
+    if meta.namespace is None:
+        del doc["metadata"]["namespace"]  # null is the default: leaving it out changes nothing
+    if meta.labels:
+        doc["metadata"]["labels"] = dict(meta.labels)
+    if meta.annotations:
+        doc["metadata"]["annotations"] = dict(meta.annotations)
+    return doc
+
+
+def spec_yaml(spec: RunSpec) -> str:
+    """The run spec as the ConfigMap holds it (YAML, keys sorted)."""
+    return yaml.safe_dump(spec_document(spec), sort_keys=True, default_flow_style=False, allow_unicode=False)
+
+
+def _labels(spec: RunSpec, name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "pgx",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/version": __version__,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "pgx",
+        "app.kubernetes.io/managed-by": "pgx-render",
+        "pgx.io/run-name": spec.name,
+    }
+
+
+def job_spec(
+    *,
+    config_map: str,
+    image: str,
+    service_account: str,
+    ray_address: str | None,
+    extra_args: Sequence[str],
+    settings: JobSettings,
+    pod_labels: Mapping[str, str],
+) -> dict[str, Any]:
+    """The Job spec of one run: the chart's ``pgx.jobSpec`` template, in Python."""
+    local_ray = not ray_address
+    env: list[dict[str, Any]] = [
+        # The root filesystem is read-only: everything that writes goes to the /tmp emptyDir.
+        {"name": "HOME", "value": TMP_DIR},
+        {"name": "TMPDIR", "value": TMP_DIR},
+        {"name": "RAY_TMPDIR", "value": RAY_TMP_DIR},
+    ]
+    if ray_address:
+        env.append({"name": "RAY_ADDRESS", "value": ray_address})
+    env.extend(dict(e) for e in settings.extra_env)
+    mounts: list[dict[str, Any]] = [
+        {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": TMP_DIR},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "spec", "configMap": {"name": config_map, "items": [{"key": SPEC_KEY, "path": SPEC_KEY}]}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
+    ]
+    if local_ray:
+        # The local Ray's object store lives in /dev/shm; the runtime's default is 64 MiB.
+        mounts.append({"name": "dshm", "mountPath": SHM_DIR})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size_limit}})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["pgx"],
+        "args": ["run", f"{SPEC_DIR}/{SPEC_KEY}", *extra_args],
+        "env": env,
+        "resources": {k: dict(v) for k, v in settings.resources.items()},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_group,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
+    return {
+        "backoffLimit": settings.backoff_limit,
+        "activeDeadlineSeconds": settings.active_deadline_seconds,
+        "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+        "podFailurePolicy": {
+            "rules": [
+                # Evictions, preemptions and node drains are not the run's fault: retry uncounted.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(NO_RETRY_EXIT_CODES)},
+                },
+            ]
+        },
+        "template": {
+            "metadata": {"labels": dict(pod_labels)},
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": service_account,
+                # Nothing in the pod talks to the Kubernetes API; IRSA mounts its own token.
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": settings.run_as_user,
+                    "runAsGroup": settings.run_as_group,
+                    "fsGroup": settings.fs_group,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [container],
+                "volumes": volumes,
+            },
+        },
+    }
+
+
+def render_run(
+    spec: RunSpec,
+    *,
+    image: str,
+    namespace: str | None,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
+    ray_address: str | None = None,
+    extra_args: Sequence[str] = (),
+    settings: JobSettings | None = None,
+) -> list[dict[str, Any]]:
+    """A ConfigMap holding ``spec`` and a Job running it: ``[configmap, job]``.
+
+    Args:
+        spec: a validated run spec (:func:`pgx_core.runspec.load_spec`).
+        image: the pgx image, e.g. ``registry.example.com/pgx:0.1.0``.
+        namespace: namespace of both objects; ``None`` takes the spec's ``metadata.namespace``,
+            and when that is unset too the objects carry none (``kubectl -n`` decides).
+        service_account: ServiceAccount of the pod (IRSA annotations live there).
+        ray_address: an existing Ray cluster (set as ``RAY_ADDRESS``); ``None``: a local Ray in
+            the pod, with a memory-backed ``/dev/shm``.
+        extra_args: appended to ``pgx run /etc/pgx/spec.yaml`` (e.g. ``["--stage", "impute"]``).
+        settings: Job and pod settings; default: the chart's defaults.
+
+    Both names are ``pgx-<metadata.name>`` (hash-shortened past 63 characters), so rendering the
+    same spec twice gives the same objects. Raises :class:`UsageError` (exit 64) for an empty
+    image or an invalid namespace or ServiceAccount name.
+    """
+    if not image.strip():
+        raise UsageError("pgx render: --image must name an image, got an empty string")
+    ns = namespace if namespace is not None else spec.doc.metadata.namespace
+    for what, value in (("--namespace", ns), ("service account", service_account)):
+        if value is not None and not _DNS_LABEL.match(value):
+            raise UsageError(f"pgx render: {what} must be a DNS-1123 label (a-z, 0-9, '-', at most 63), got {value!r}")
+    settings = settings or JobSettings()
+    name = object_name(spec.name)
+
+    def meta(component: str) -> dict[str, Any]:
+        m: dict[str, Any] = {"name": name}
+        if ns is not None:
+            m["namespace"] = ns
+        m["labels"] = _labels(spec, name, component)
+        return m
+
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta("run-spec"),
+        "data": {SPEC_KEY: spec_yaml(spec)},
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta("run"),
+        "spec": job_spec(
+            config_map=name,
+            image=image,
+            service_account=service_account,
+            ray_address=ray_address,
+            extra_args=extra_args,
+            settings=settings,
+            pod_labels=_labels(spec, name, "run"),
+        ),
+    }
+    return [config_map, job]
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for multi-line strings (the embedded spec), so the output reads and diffs well."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(objects: Iterable[Mapping[str, Any]]) -> str:
+    """A multi-document YAML stream, keys in insertion order (``apiVersion, kind, metadata, …``)."""
+    return yaml.dump_all(
+        [dict(o) for o in objects], Dumper=_Dumper, sort_keys=False, default_flow_style=False, explicit_start=True
+    )
