@@ -1,0 +1,119 @@
+"""Streaming k-way merge of sorted Parquet fragments into one object with fixed row groups.
+
+Used to assemble each impute output (a silver partition, a quarantine object, a year of profiles)
+from the per-bucket fragments, with memory bounded by the batch size whatever the object size.
+The order is a composite key encoded as one byte string (components joined with NUL, which the
+data cannot contain: ingest rejects C0 control characters), so a single binary comparison decides
+it; integers are zero-padded so that byte order is numeric order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+KEY = "__pgx_merge_key"
+ROW_GROUP_ROWS = 65_536  # fixed, so the bytes do not depend on how the rows arrived
+_PAD = 20
+
+
+def sort_key(table: pa.Table, columns: Sequence[str]) -> pa.Array:
+    """The composite sort key of ``columns`` as one binary array (byte order = tuple order)."""
+    parts: list[Any] = []
+    for name in columns:
+        col = table[name]
+        if pa.types.is_integer(col.type):
+            col = pc.utf8_lpad(pc.cast(col, pa.string()), _PAD, "0")
+        parts.append(pc.fill_null(pc.cast(col, pa.string()), ""))
+    joined = pc.binary_join_element_wise(*parts, "\x00")
+    return (
+        pc.cast(joined, pa.binary()).combine_chunks()
+        if isinstance(joined, pa.ChunkedArray)
+        else pc.cast(joined, pa.binary())
+    )
+
+
+class RowGroupWriter:
+    """Writes tables to a Parquet stream in row groups of exactly ``ROW_GROUP_ROWS`` rows."""
+
+    def __init__(self, sink: Any, schema: pa.Schema, **options: Any) -> None:
+        self._writer = pq.ParquetWriter(sink, schema, **options)
+        self._pending: list[pa.Table] = []
+        self._rows = 0
+        self.total = 0
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._rows += table.num_rows
+        while self._rows >= ROW_GROUP_ROWS:
+            buf = pa.concat_tables(self._pending)
+            self._writer.write_table(buf.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
+            rest = buf.slice(ROW_GROUP_ROWS)
+            self._pending, self._rows = [rest], rest.num_rows
+            self.total += ROW_GROUP_ROWS
+
+    def close(self) -> None:
+        if self._rows:
+            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=ROW_GROUP_ROWS)
+            self.total += self._rows
+        self._pending, self._rows = [], 0
+        self._writer.close()
+
+
+def merge_sorted(
+    sources: Sequence[Callable[[], Iterator[pa.RecordBatch]]],
+    key_columns: Sequence[str],
+    emit: Callable[[pa.Table], None],
+) -> int:
+    """Merge sources (each yields batches sorted by ``key_columns``, keys unique) in key order.
+
+    Each round takes, from every source's current batch, the rows up to the smallest "last key"
+    among them: every row with a smaller key is then in memory (sources are sorted), so the round
+    can be sorted and emitted. Memory: one batch per source plus one round. Returns rows emitted.
+    """
+    iters = [factory() for factory in sources]
+    current: list[pa.Table | None] = [None] * len(iters)
+
+    def load(i: int) -> None:
+        for batch in iters[i]:
+            if batch.num_rows:
+                t = pa.Table.from_batches([batch])
+                current[i] = t.append_column(KEY, sort_key(t, key_columns))
+                return
+        current[i] = None
+
+    for i in range(len(iters)):
+        load(i)
+    emitted = 0
+    while True:
+        live = [i for i, t in enumerate(current) if t is not None]
+        if not live:
+            return emitted
+        bound = min(_last_key(current[i]) for i in live)
+        scalar = pa.scalar(bound, pa.binary())
+        parts = []
+        for i in live:
+            t = current[i]
+            assert t is not None
+            n = int(pc.sum(pc.less_equal(t[KEY], scalar)).as_py() or 0)
+            if n:
+                parts.append(t.slice(0, n))
+            if n == t.num_rows:
+                load(i)
+            else:
+                current[i] = t.slice(n)
+        merged = pa.concat_tables(parts)
+        merged = merged.take(pc.sort_indices(merged[KEY])).drop_columns([KEY])
+        emit(merged)
+        emitted += merged.num_rows
+
+
+def _last_key(t: pa.Table | None) -> bytes:
+    assert t is not None
+    value = t[KEY][t.num_rows - 1].as_py()
+    assert isinstance(value, bytes)
+    return value
