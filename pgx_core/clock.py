@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import time
 from datetime import UTC, datetime
@@ -25,6 +27,25 @@ def stamp(ts: datetime | None = None) -> str:
 def new_run_id(ts: datetime | None = None) -> str:
     """``YYYYmmddTHHMMSSZ-<8 hex>``: unique even for runs started in the same second."""
     return f"{stamp(ts)}-{secrets.token_hex(4)}"
+
+
+RUN_ID_ENV = "PGX_RUN_ID"
+_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+
+
+def run_id_from_env() -> str | None:
+    """A run id chosen by whoever started the process (the controller sets ``PGX_RUN_ID``).
+
+    Must have the SPEC §8 shape; anything else is a usage error rather than silently replaced.
+    """
+    value = os.environ.get(RUN_ID_ENV)
+    if not value:
+        return None
+    if not _RUN_ID.match(value):
+        from pgx_core.errors import UsageError  # noqa: PLC0415 - errors imports nothing from here
+
+        raise UsageError(f"{RUN_ID_ENV} must look like YYYYmmddTHHMMSSZ-<8 hex>, got {value!r}")
+    return value
 
 
 def monotonic() -> float:

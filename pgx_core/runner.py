@@ -115,7 +115,7 @@ class Runner:
         self.resume = resume
         self.stop = stop or threading.Event()
         self.executor_kind = executor or spec.spec.executor.type
-        self.run_id = run_id or clock.new_run_id()
+        self.run_id = run_id or clock.run_id_from_env() or clock.new_run_id()
         lim = limit if limit is not None else spec.spec.limit
         self.run = RunInfo.from_spec(spec.spec, self.run_id, spec.name)
         if lim != self.run.limit:
