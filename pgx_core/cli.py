@@ -239,6 +239,16 @@ def cmd_impute(args: argparse.Namespace) -> int:
     return run_document(doc, args, source="pgx impute")
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    from pgx_clean.shortcut import build_clean_spec  # noqa: PLC0415
+
+    from pgx_core.shortcuts import run_document  # noqa: PLC0415
+
+    glob = args.pharmacy_input if args.job == "pharmacy" else args.raw_medical
+    doc = build_clean_spec(args.job, glob, args.output_root, args.limit, drug_map=args.drug_map)
+    return run_document(doc, args, source="pgx clean")
+
+
 def cmd_update_codes(args: argparse.Namespace) -> int:
     from pgx_update_codes.shortcut import build_update_codes_spec, legacy_notes, resume_requested  # noqa: PLC0415
 
@@ -335,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pharmacy-input", help="bronze pharmacy prefix or glob")
     sp.add_argument("--medical-input", help="bronze medical prefix or glob")
     sp.add_argument("--output-root", required=True, help="the lake (s3://BUCKET[/PREFIX] or file:///PATH)")
+    sp.add_argument("--limit", type=int)
+    sp.add_argument("--executor", choices=["local", "ray"])
+    sp.add_argument("--print-spec", action="store_true", help="print the generated run spec and exit")
+
+    sp = add("clean", cmd_clean, "seed-compatible: clean one dataset's silver partitions into gold")
+    sp.add_argument("--job", required=True, choices=["pharmacy", "medical"])
+    sp.add_argument("--pharmacy-input", help="silver pharmacy prefix or glob (older layouts accepted)")
+    sp.add_argument("--raw-medical", help="silver medical prefix or glob (older layouts accepted)")
+    sp.add_argument("--output-root", required=True, help="the lake (s3://BUCKET[/PREFIX] or file:///PATH)")
+    sp.add_argument("--drug-map", help="drug map URI (pharmacy)")
     sp.add_argument("--limit", type=int)
     sp.add_argument("--executor", choices=["local", "ray"])
     sp.add_argument("--print-spec", action="store_true", help="print the generated run spec and exit")

@@ -86,3 +86,61 @@ def test_version_and_plugins_json() -> None:
     names = {p["name"]: p for p in doc["plugins"]}
     assert names["ingest"]["stages"] == ["ingest", "reprocess"]
     assert names["linecount"]["distribution"] == "pgx-example-linecount"
+
+
+def test_seed_compatible_shortcuts_map_flags_onto_one_stage_specs() -> None:
+    import yaml
+
+    imp = yaml.safe_load(
+        pgx(
+            "impute",
+            "--pharmacy-input",
+            "s3://b/bronze/pharmacy/*.parquet",
+            "--output-root",
+            "s3://b",
+            "--limit",
+            "3",
+            "--print-spec",
+            check=True,
+        ).stdout
+    )
+    assert imp["spec"]["lake"] == "s3://b" and imp["spec"]["limit"] == 3
+    assert imp["spec"]["stages"] == [{"use": "impute", "with": {"pharmacyInput": "s3://b/bronze/pharmacy/*.parquet"}}]
+    cln = yaml.safe_load(
+        pgx(
+            "clean",
+            "--job",
+            "medical",
+            "--raw-medical",
+            "s3://b/silver/medical/**/*.parquet",
+            "--output-root",
+            "s3://b",
+            "--print-spec",
+            check=True,
+        ).stdout
+    )
+    assert cln["spec"]["stages"][0]["use"] == "clean-medical"
+    upd = pgx(
+        "update-codes",
+        "--lake",
+        "s3://b",
+        "--resume",
+        "--years",
+        "2019",
+        "--workers-medical",
+        "4",
+        "--chunk-rows",
+        "250000",
+        "--no-merge",
+        "--chunked",
+        "--threads",
+        "8",
+        "--print-spec",
+        check=True,
+    )
+    doc = yaml.safe_load(upd.stdout)
+    assert doc["spec"]["executor"]["maxParallel"] == 4
+    [stage] = doc["spec"]["stages"]
+    assert stage["use"] == "update-codes" and stage["with"]["years"] == [2019] and stage["with"]["chunkRows"] == 250000
+    notes = upd.stderr.strip().splitlines()
+    assert len(notes) == 3 and all(n.startswith("note: --") and "ignored" in n for n in notes)
