@@ -201,6 +201,18 @@ def backup_prefix(backup_root: str, stamp: str) -> str:
     return f"{_root(backup_root)}/backup_{stamp}/"
 
 
+def split_glob(pattern: str) -> tuple[str, str | None]:
+    """``(prefix to list, glob to match or None)`` for an input given as a prefix or a glob.
+
+    ``s3://b/raw/pharmacy`` → (``s3://b/raw/pharmacy/``, None);
+    ``s3://b/raw/*/Q1*.txt`` → (``s3://b/raw/``, the pattern).
+    """
+    wild = next((i for i, c in enumerate(pattern) if c in "*?["), None)
+    if wild is None:
+        return pattern.rstrip("/") + "/", None
+    return pattern[: pattern.rfind("/", 0, wild) + 1], pattern
+
+
 def is_raw_text(uri: str) -> bool:
     return uri.lower().endswith((".txt", ".csv"))
 

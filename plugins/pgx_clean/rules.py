@@ -68,6 +68,9 @@ from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pgx_apcd.arrowutil import as_string as _as_string
+from pgx_apcd.arrowutil import contiguous as _contiguous
+from pgx_apcd.arrowutil import count_true as _count_true
 from pgx_apcd.layout import DEMOGRAPHIC_COLUMNS, ICD_DIAGNOSIS_COLUMNS, PROCEDURE_COLUMNS, columns
 
 from pgx_core.errors import ConservationError, DataError, PgxError
@@ -153,27 +156,6 @@ R = TypeVar("R")
 
 # --------------------------------------------------------------------------------------------
 # small Arrow helpers
-
-
-def _contiguous(arr: ArrayLike) -> Any:
-    """A single :class:`pyarrow.Array` (dictionary encoding needs one dictionary per column)."""
-    if isinstance(arr, pa.ChunkedArray):
-        return arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    return arr
-
-
-def _as_string(arr: ArrayLike) -> Any:
-    """The array as ``string`` (large_string, dictionary or all-null inputs are accepted)."""
-    arr = _contiguous(arr)
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    return arr if arr.type == _STRING else arr.cast(_STRING)
-
-
-def _count_true(mask: ArrayLike) -> int:
-    """Number of true values (NULLs do not count)."""
-    total = pc.sum(mask).as_py()
-    return int(total) if total is not None else 0
 
 
 def _eq_null_safe(a: ArrayLike, b: ArrayLike) -> Any:
@@ -571,9 +553,7 @@ def _conform_silver(silver: pa.Table | pa.RecordBatch, dataset: Dataset) -> pa.T
                 col = col.cast(f.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 # The message would quote the offending value (PHI): name the column and types only.
-                raise DataError(
-                    f"silver {dataset} column {f.name} has type {col.type}, expected {f.type}"
-                ) from None
+                raise DataError(f"silver {dataset} column {f.name} has type {col.type}, expected {f.type}") from None
         arrays.append(col)
     return pa.Table.from_arrays(arrays, schema=expected)
 
@@ -591,8 +571,17 @@ def _class_sizes(classes: ArrayLike) -> Any:
 # Columns that usually differ between the lines of one claim (same member, date and claim id).
 # Refining on them first empties the candidate set fastest; the order changes speed, not results.
 _LINE_LEVEL_HINTS: tuple[str, ...] = (
-    "procedure_code", "revenue_code", "cpt_mod_1_code", "cpt_mod_2_code", "place_of_service",
-    "hcg_detail", "hcg_line", "hcg_setting", "drug_code", "ndc", "drug_name",
+    "procedure_code",
+    "revenue_code",
+    "cpt_mod_1_code",
+    "cpt_mod_2_code",
+    "place_of_service",
+    "hcg_detail",
+    "hcg_line",
+    "hcg_setting",
+    "drug_code",
+    "ndc",
+    "drug_name",
 )
 
 
@@ -720,9 +709,7 @@ def clean_partition(
     rows_in = table.num_rows
 
     keys = dict(zip(_SORT_KEYS, _pmap(lambda c: normalize_strings(table[c]), _SORT_KEYS), strict=True))
-    sort_table = pa.table(
-        {**keys, "_source_file": table["_source_file"], "_source_line": table["_source_line"]}
-    )
+    sort_table = pa.table({**keys, "_source_file": table["_source_file"], "_source_line": table["_source_line"]})
     order = sort_indices_nulls_last(sort_table, sort_table.column_names)
     dup_positions = _duplicate_positions(table, layout, order, keys)
     keep = pc.filter(order, pc.invert(_mark(dup_positions, len(order)))) if len(dup_positions) else order
@@ -769,8 +756,7 @@ def clean_partition(
 
     if rows_in != rows_out + duplicates:
         raise ConservationError(
-            f"clean {dataset}: silver rows {rows_in} != gold rows {rows_out}"
-            f" + duplicates_removed {duplicates}"
+            f"clean {dataset}: silver rows {rows_in} != gold rows {rows_out} + duplicates_removed {duplicates}"
         )
     schema = gold_schema(dataset)
     out = pa.Table.from_arrays([_contiguous(gold[f.name]) for f in schema], schema=schema)

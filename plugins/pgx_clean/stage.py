@@ -59,18 +59,16 @@ from pgx_clean.rules import (
 )
 from pgx_core import paths
 from pgx_core.errors import ConservationError, DataError, InterruptedRun, ObjectNotFound, StorageError, scrub
+from pgx_core.parquet import MB, ROW_GROUP_ROWS
+from pgx_core.parquet import FixedRowGroupWriter as GoldWriter
 from pgx_core.runspec import Spec, StageParams, canonical_json
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
 from pgx_core.state import produced_checksum
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
 
-MB = 1024 * 1024
-# Same writer options as every other pgx Parquet output (deterministic bytes, zstd).
-PARQUET_OPTS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
-# Gold row-group size. Fixed (not derived from the budget) so that the bytes of a gold object
-# depend on its rows only. 64 Ki rows keeps the footer of an 18 M-row partition small (~275 row
-# groups) while a row group stays a modest, fixed share of memory.
-GOLD_ROW_GROUP_ROWS = 65_536
+# Gold row-group size: the core's fixed size (the bytes of a gold object depend on its rows only).
+# 64 Ki rows keeps the footer of an 18 M-row partition small (~275 row groups).
+GOLD_ROW_GROUP_ROWS = ROW_GROUP_ROWS
 MIN_CHUNK_ROWS = 4_096
 MAX_READ_BATCH_ROWS = 65_536
 # Memory of one chunk in multiples of its silver (Arrow) bytes: the silver rows themselves,
@@ -111,50 +109,6 @@ def silver_row_bytes(pf: pq.ParquetFile) -> float:
 
 # --------------------------------------------------------------------------------------------
 # gold writer
-
-
-class GoldWriter:
-    """Writes gold tables to a Parquet sink in row groups of exactly ``row_group_rows`` rows.
-
-    Incoming tables (one per chunk) are buffered until a whole row group is available; each row
-    group is made contiguous before it is written, because the Parquet writer cuts pages where
-    chunk boundaries fall and the bytes must not depend on how the rows were chunked.
-    """
-
-    def __init__(self, sink: Any, schema: pa.Schema, row_group_rows: int = GOLD_ROW_GROUP_ROWS) -> None:
-        self._writer = pq.ParquetWriter(sink, schema, **PARQUET_OPTS)
-        self._group = row_group_rows
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self.rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        while self._pending_rows >= self._group:
-            self._flush(self._group)
-
-    def _flush(self, n: int) -> None:
-        whole = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
-        group = whole.slice(0, n).combine_chunks()
-        self._writer.write_table(group, row_group_size=n)
-        rest = whole.slice(n)
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows -= n
-        self.rows += n
-
-    def close(self) -> None:
-        """Write the last (short) row group and the footer. An empty gold is a valid 0-row file."""
-        if self._pending_rows:
-            self._flush(self._pending_rows)
-        self._writer.close()
-
-    def abort(self) -> None:
-        """Release the writer after an error (its sink is a staging object that is never promoted)."""
-        self._pending, self._pending_rows = [], 0
-        self._writer.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Streaming k-way merge of sorted Parquet fragments into one object with fixed row groups.
+"""Streaming k-way merge of sorted Parquet fragments (written with fixed row groups by the caller).
 
 Used to assemble each impute output (a silver partition, a quarantine object, a year of profiles)
 from the per-bucket fragments, with memory bounded by the batch size whatever the object size.
@@ -14,10 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 KEY = "__pgx_merge_key"
-ROW_GROUP_ROWS = 65_536  # fixed, so the bytes do not depend on how the rows arrived
 _PAD = 20
 
 
@@ -35,33 +33,6 @@ def sort_key(table: pa.Table, columns: Sequence[str]) -> pa.Array:
         if isinstance(joined, pa.ChunkedArray)
         else pc.cast(joined, pa.binary())
     )
-
-
-class RowGroupWriter:
-    """Writes tables to a Parquet stream in row groups of exactly ``ROW_GROUP_ROWS`` rows."""
-
-    def __init__(self, sink: Any, schema: pa.Schema, **options: Any) -> None:
-        self._writer = pq.ParquetWriter(sink, schema, **options)
-        self._pending: list[pa.Table] = []
-        self._rows = 0
-        self.total = 0
-
-    def write(self, table: pa.Table) -> None:
-        self._pending.append(table)
-        self._rows += table.num_rows
-        while self._rows >= ROW_GROUP_ROWS:
-            buf = pa.concat_tables(self._pending)
-            self._writer.write_table(buf.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
-            rest = buf.slice(ROW_GROUP_ROWS)
-            self._pending, self._rows = [rest], rest.num_rows
-            self.total += ROW_GROUP_ROWS
-
-    def close(self) -> None:
-        if self._rows:
-            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=ROW_GROUP_ROWS)
-            self.total += self._rows
-        self._pending, self._rows = [], 0
-        self._writer.close()
 
 
 def merge_sorted(

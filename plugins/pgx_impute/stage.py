@@ -33,14 +33,13 @@ from pgx_apcd.layout import AGE_BANDS, DATA_TYPES
 
 from pgx_core import paths
 from pgx_core.errors import ConservationError
+from pgx_core.parquet import MB, ROW_GROUP_ROWS, FixedRowGroupWriter
 from pgx_core.stage import Entity, EntityResult, Output, RunInfo, Stage, WorkContext
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
 from pgx_impute import rules
-from pgx_impute.merge import ROW_GROUP_ROWS, RowGroupWriter, merge_sorted
+from pgx_impute.merge import merge_sorted
 from pgx_impute.params import ImputeParams
 
-MB = 1024 * 1024
-PARQUET_OPTS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
 QUARANTINE = "quarantine"
 DEMOGRAPHICS = "demographics"
 SILVER_SORT = rules.SORT_KEYS
@@ -164,13 +163,11 @@ class ImputeStage(Stage[ImputeParams]):
         out = []
         for dt in DATA_TYPES:
             pattern = self._input_pattern(dt)
-            wild = next((i for i, c in enumerate(pattern) if c in "*?["), None)
-            prefix = pattern if wild is None else pattern[: pattern.rfind("/", 0, wild) + 1]
-            prefix = prefix if prefix.endswith("/") else prefix + "/"
+            prefix, glob = paths.split_glob(pattern)
             for info in self.store_for(prefix).list(prefix):
                 if not info.uri.endswith(".parquet") or "/_rejects/" in info.uri:
                     continue
-                if wild is not None and not fnmatch.fnmatchcase(info.uri, pattern):
+                if glob is not None and not fnmatch.fnmatchcase(info.uri, glob):
                     continue
                 out.append((dt, info.uri, info.size, info.etag))
         return out
@@ -331,7 +328,7 @@ class ImputeStage(Stage[ImputeParams]):
         schema = self.output_schema(Output(final, rows, kind=payload["kind"]))
         staged = ctx.staging_uri(final)
         with ctx.open_output(staged) as sink:
-            writer = RowGroupWriter(sink, schema, **PARQUET_OPTS)
+            writer = FixedRowGroupWriter(sink, schema)
 
             def emit(table: pa.Table) -> None:
                 writer.write(table.cast(schema))
@@ -339,8 +336,8 @@ class ImputeStage(Stage[ImputeParams]):
 
             merge_sorted([partial(_batches, store, uri) for uri, _ in frags], sort, emit)
             writer.close()
-        if writer.total != rows:
-            raise ConservationError(f"impute assembly of {entity.id}: wrote {writer.total} rows, fragments hold {rows}")
+        if writer.rows != rows:
+            raise ConservationError(f"impute assembly of {entity.id}: wrote {writer.rows} rows, fragments hold {rows}")
         result.outputs.append(Output(final, rows, kind=payload["kind"]))
         return result
 

@@ -13,14 +13,12 @@ from pgx_apcd import layout
 
 from pgx_core import paths
 from pgx_core.errors import UsageError
+from pgx_core.parquet import MB, PARQUET_OPTS
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
 from pgx_core.state import produced_checksum
 from pgx_ingest.params import IngestParams, ReprocessParams
 from pgx_ingest.parse import REJECTS_SCHEMA, SCHEMA_MISMATCH, bronze_schema, ingest_stream
 from pgx_ingest.repair import repair_rejects
-
-MB = 1024 * 1024
-PARQUET_OPTS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
 
 
 def block_bytes(memory_budget_mb: int) -> int:
@@ -30,15 +28,13 @@ def block_bytes(memory_budget_mb: int) -> int:
 
 def list_inputs(stage: Stage[Any], pattern: str) -> list[tuple[str, str, int]]:
     """``(uri, etag, size)`` of raw files matching a prefix or a glob, sorted."""
-    wild = next((i for i, c in enumerate(pattern) if c in "*?["), None)
-    prefix = pattern if wild is None else pattern[: pattern.rfind("/", 0, wild) + 1]
-    prefix = prefix if prefix.endswith("/") or wild is not None else prefix + "/"
+    prefix, glob = paths.split_glob(pattern)
     store = stage.store_for(prefix)
     out = []
     for info in store.list(prefix):
         if not paths.is_raw_text(info.uri):
             continue
-        if wild is not None and not fnmatch.fnmatchcase(info.uri, pattern):
+        if glob is not None and not fnmatch.fnmatchcase(info.uri, glob):
             continue
         out.append((info.uri, info.etag, info.size))
     return out

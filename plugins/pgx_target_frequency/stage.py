@@ -52,6 +52,7 @@ from pgx_update_codes.rules import CodeMap, CodeMapError
 
 from pgx_core import paths
 from pgx_core.errors import ConflictError
+from pgx_core.parquet import MB, PARQUET_OPTS
 from pgx_core.runspec import Spec, canonical_json
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
@@ -66,8 +67,6 @@ from pgx_target_frequency.rules import (
     suppress_small_counts,
 )
 
-MB = 1024 * 1024
-PARQUET_OPTS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
 ENTITY_ID = "target_code"
 ICD_REPORT = "icd_frequency_by_position.parquet"
 PROCEDURE_REPORT = "procedure_code_frequency.parquet"

@@ -44,6 +44,9 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pgx_apcd.arrowutil import as_string as _as_string
+from pgx_apcd.arrowutil import contiguous as _contiguous
+from pgx_apcd.arrowutil import count_true as _count_true
 from pgx_apcd.layout import ICD_DIAGNOSIS_COLUMNS, PROCEDURE_COLUMNS
 from pgx_clean.rules import DrugMap, standardize_drug_names
 
@@ -79,24 +82,6 @@ _NULL_STRING = pa.scalar(None, _STRING)
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _contiguous(arr: ArrayLike) -> Any:
-    if isinstance(arr, pa.ChunkedArray):
-        return arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    return arr
-
-
-def _as_string(arr: ArrayLike) -> Any:
-    arr = _contiguous(arr)
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    return arr if arr.type == _STRING else arr.cast(_STRING)
-
-
-def _count_true(mask: ArrayLike) -> int:
-    total = pc.sum(mask).as_py()
-    return int(total) if total is not None else 0
 
 
 def _distinct(arr: ArrayLike) -> tuple[Any, Any]:

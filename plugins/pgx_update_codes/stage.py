@@ -68,6 +68,7 @@ from pgx_clean.rules import DrugMap
 
 from pgx_core import paths
 from pgx_core.errors import ConflictError, DataError
+from pgx_core.parquet import MB, PARQUET_OPTS
 from pgx_core.runspec import Spec, canonical_json
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
 from pgx_core.state import OutputRecord, PipelineState, StateStore
@@ -80,9 +81,6 @@ from pgx_update_codes.params import (
 )
 from pgx_update_codes.rules import CodeMap, add_stats, update_codes_table
 
-MB = 1024 * 1024
-# Same writer settings as every pgx Parquet output (deterministic bytes for identical inputs).
-PARQUET_OPTS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
 PROVENANCE_KEY = b"pgx.update_codes"
 DRY_RUN_SUFFIX = "dry_run"
 CLEAN_PIPELINES = {"medical": "clean_medical", "pharmacy": "clean_pharmacy"}

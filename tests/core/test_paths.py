@@ -117,3 +117,13 @@ def test_raw_file_helpers() -> None:
         "s3://b/raw/b.csv",
     ]
     assert paths.stem("s3://b/raw/pharmacy/Genomic_Q12016.txt") == "Genomic_Q12016"
+
+
+def test_split_glob() -> None:
+    assert paths.split_glob("s3://b/raw/pharmacy") == ("s3://b/raw/pharmacy/", None)
+    assert paths.split_glob("s3://b/raw/pharmacy/") == ("s3://b/raw/pharmacy/", None)
+    assert paths.split_glob("s3://b/raw/*/Q1*.txt") == ("s3://b/raw/", "s3://b/raw/*/Q1*.txt")
+    assert paths.split_glob("file:///l/bronze/medical/*.parquet") == (
+        "file:///l/bronze/medical/",
+        "file:///l/bronze/medical/*.parquet",
+    )
