@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo", cmd_demo, "sample data into a local lake and the whole pipeline on it")
     sp.add_argument("--dir", default="./pgx-demo")
-    sp.add_argument("--rows", type=int, default=200_000)
+    sp.add_argument("--rows", type=int, default=100_000, help="synthetic rows (default 100000: a couple of minutes)")
     sp.add_argument("--executor", choices=["local", "ray"], default=None)
     return p
 
