@@ -260,6 +260,12 @@ def cmd_update_codes(args: argparse.Namespace) -> int:
     return run_document(doc, args, source="pgx update-codes", resume=resume_requested(args))
 
 
+def cmd_controller(args: argparse.Namespace) -> int:
+    from pgx_core.controller import main as controller_main  # noqa: PLC0415
+
+    return controller_main(args.namespace, args.image)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
@@ -370,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("spec")
     sp.add_argument("--image", help="container image (default: pgx:<version>)")
     sp.add_argument("--namespace", help="namespace of the objects (default: the spec's, else none)")
+
+    sp = add("controller", cmd_controller, "reconcile PipelineRun resources into ConfigMaps + Jobs (in a cluster)")
+    sp.add_argument("--namespace", help="namespace to watch (default: the pod's own)")
+    sp.add_argument("--image", help="image of the Jobs it creates (default: $PGX_IMAGE, else pgx:<version>)")
 
     sp = add("report", cmd_report, "HTML report of a run, built from its summaries only")
     sp.add_argument("target", metavar="RUN_ID_OR_SPEC")

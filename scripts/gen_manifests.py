@@ -117,11 +117,24 @@ def run_objects() -> list[dict[str, Any]]:
     return render_run(spec, image=DEFAULT_IMAGE, namespace=NAMESPACE)
 
 
+def _crd_files() -> dict[str, str]:
+    """The CRD and example PipelineRun, made by scripts/gen_crd.py (one generator per file)."""
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("gen_crd", Path(__file__).with_name("gen_crd.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    files: dict[str, str] = module.manifest_files()
+    return files
+
+
 def generate() -> dict[str, str]:
     """File name (in manifests/) → content."""
     from pgx_core.render import to_yaml  # noqa: PLC0415
 
     return {
+        **_crd_files(),
         "00-namespace.yaml": HEADER.format(what="the restricted Pod Security Standard") + to_yaml([namespace_object()]),
         "10-serviceaccount.yaml": HEADER.format(what="charts/pgx, templates/serviceaccount.yaml")
         + to_yaml([serviceaccount_object()]),

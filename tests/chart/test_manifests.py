@@ -59,12 +59,23 @@ def test_check_mode_of_the_generator() -> None:
 
 def test_every_manifest_is_valid_kubernetes() -> None:
     files = load_all()
-    assert set(files) == {"00-namespace.yaml", "10-serviceaccount.yaml", "20-run.yaml"}
+    assert set(files) == {
+        "00-namespace.yaml",
+        "10-serviceaccount.yaml",
+        "20-run.yaml",
+        "crd-pipelineruns.yaml",
+        "example-pipelinerun.yaml",
+    }
     for name, docs in files.items():
         assert docs, name
         for obj in docs:
+            if obj["kind"] == "PipelineRun":  # a custom resource: checked against the CRD's own schema
+                from tests.controller.test_crd import validate_against_crd
+
+                validate_against_crd(obj)
+                continue
             validate_k8s(obj)
-            if obj["kind"] != "Namespace":
+            if obj["kind"] not in {"Namespace", "CustomResourceDefinition"}:  # cluster-scoped kinds
                 assert obj["metadata"]["namespace"] == "pgx", f"{name}: {obj['kind']} outside the pgx namespace"
 
 

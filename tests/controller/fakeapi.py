@@ -1,0 +1,287 @@
+"""A minimal in-memory Kubernetes API server (``http.server`` thread on 127.0.0.1).
+
+Just what ``pgx controller`` uses, with real resourceVersion semantics: namespaced collections
+(list with labelSelector, watch from a resourceVersion with ``timeoutSeconds``, 410 Gone for a
+compacted version), create (409 AlreadyExists), get (404), replace with optimistic concurrency
+(409 Conflict on a stale resourceVersion), JSON merge patch of the object or of its ``status``
+subresource (a spec change bumps ``metadata.generation``), delete with background garbage
+collection of the objects whose ownerReferences name the deleted uid.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+Obj = dict[str, Any]
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def _status(code: int, reason: str, message: str) -> Obj:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.rv = 0
+        self.compacted = 0
+        self.objects: dict[tuple[str, str], Obj] = {}
+        self.events: list[tuple[int, str, str, Obj]] = []
+        self.requests: list[tuple[str, str]] = []
+        self.stopping = False
+        self.gone = 0  # watches answered with 410 Gone
+        self.epoch = 0  # bumped by compact(): open watch streams end, as on an API server restart
+        handler = type("Handler", (_Handler,), {"kube": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> FakeKube:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- storage ------------------------------------------------------------------------------
+
+    def _bump(self, collection: str, kind: str, obj: Obj) -> None:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self.events.append((self.rv, collection, kind, copy.deepcopy(obj)))
+        self.cond.notify_all()
+
+    def create(self, collection: str, obj: Obj) -> tuple[int, Obj]:
+        with self.cond:
+            obj = copy.deepcopy(obj)
+            meta = obj.setdefault("metadata", {})
+            key = (collection, meta.get("name", ""))
+            if key in self.objects:
+                return 409, _status(409, "AlreadyExists", f"{meta.get('name')} already exists")
+            meta.update(
+                uid=str(uuid.uuid4()),
+                generation=1,
+                namespace=collection.split("/namespaces/")[1].split("/", maxsplit=1)[0],
+                creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+            self.objects[key] = obj
+            self._bump(collection, "ADDED", obj)
+            return 201, copy.deepcopy(obj)
+
+    def get(self, collection: str, name: str) -> Obj | None:
+        with self.cond:
+            obj = self.objects.get((collection, name))
+            return copy.deepcopy(obj) if obj else None
+
+    def replace(self, collection: str, name: str, body: Obj) -> tuple[int, Obj]:
+        with self.cond:
+            old = self.objects.get((collection, name))
+            if old is None:
+                return 404, _status(404, "NotFound", f"{name} not found")
+            sent = (body.get("metadata") or {}).get("resourceVersion")
+            if sent and sent != old["metadata"]["resourceVersion"]:
+                return 409, _status(409, "Conflict", "the object has been modified")
+            new = copy.deepcopy(body)
+            new["metadata"] = {
+                **new.get("metadata", {}),
+                **{k: old["metadata"][k] for k in ("uid", "creationTimestamp", "generation", "namespace")},
+            }
+            self.objects[(collection, name)] = new
+            self._bump(collection, "MODIFIED", new)
+            return 200, copy.deepcopy(new)
+
+    def patch(self, collection: str, name: str, patch: Obj, subresource: str | None) -> tuple[int, Obj]:
+        with self.cond:
+            old = self.objects.get((collection, name))
+            if old is None:
+                return 404, _status(404, "NotFound", f"{name} not found")
+            if subresource == "status":
+                new = merge_patch(old, {"status": patch.get("status")})
+            else:
+                new = merge_patch(old, {k: v for k, v in patch.items() if k != "status"})
+                if new.get("spec") != old.get("spec"):
+                    new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+            self.objects[(collection, name)] = new
+            self._bump(collection, "MODIFIED", new)
+            return 200, copy.deepcopy(new)
+
+    def delete(self, collection: str, name: str) -> tuple[int, Obj]:
+        with self.cond:
+            obj = self.objects.pop((collection, name), None)
+            if obj is None:
+                return 404, _status(404, "NotFound", f"{name} not found")
+            self._bump(collection, "DELETED", obj)
+            uid = obj["metadata"]["uid"]
+            # Background garbage collection, as the kube-controller-manager does it.
+            for key, other in list(self.objects.items()):
+                if any(r.get("uid") == uid for r in other["metadata"].get("ownerReferences") or []):
+                    self.delete(*key)
+            return 200, copy.deepcopy(obj)
+
+    def set_status(self, collection: str, name: str, status: Obj) -> None:
+        """What a Kubernetes controller (the Job controller) would write."""
+        self.patch(collection, name, {"status": status}, "status")
+
+    def compact(self) -> None:
+        """Forget the event history: watches from an older resourceVersion get 410 Gone."""
+        with self.cond:
+            self.rv += 1  # as if other objects had changed since
+            self.compacted = self.rv
+            self.events.clear()
+            self.epoch += 1
+            self.cond.notify_all()
+
+    def items(self, collection: str) -> list[Obj]:
+        with self.cond:
+            return [copy.deepcopy(o) for (c, _), o in self.objects.items() if c == collection]
+
+
+def _matches(obj: Obj, selector: str | None) -> bool:
+    if not selector:
+        return True
+    labels = obj.get("metadata", {}).get("labels") or {}
+    for term in selector.split(","):
+        k, _, v = term.partition("=")
+        if labels.get(k) != v:
+            return False
+    return True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    kube: FakeKube
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _split(self) -> tuple[str, str | None, str | None, dict[str, str]]:
+        url = urlparse(self.path)
+        parts = url.path.strip("/").split("/")
+        i = parts.index("namespaces")
+        collection = "/" + "/".join(parts[: i + 3])
+        name = parts[i + 3] if len(parts) > i + 3 else None
+        sub = parts[i + 4] if len(parts) > i + 4 else None
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        return collection, name, sub, query
+
+    def _send(self, code: int, body: Obj) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> Obj:
+        n = int(self.headers.get("Content-Length") or 0)
+        result: Obj = json.loads(self.rfile.read(n) or b"{}")
+        return result
+
+    def do_GET(self) -> None:
+        collection, name, _, q = self._split()
+        self.kube.requests.append(("GET", self.path))
+        if name:
+            obj = self.kube.get(collection, name)
+            self._send(200, obj) if obj else self._send(404, _status(404, "NotFound", f"{name} not found"))
+            return
+        selector = q.get("labelSelector")
+        if q.get("watch") in ("true", "1", "True"):
+            self._watch(collection, int(q.get("resourceVersion") or 0), selector, float(q.get("timeoutSeconds") or 5))
+            return
+        with self.kube.cond:
+            items = [o for o in self.kube.items(collection) if _matches(o, selector)]
+            rv = str(self.kube.rv)
+        self._send(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items})
+
+    def _watch(self, collection: str, since: int, selector: str | None, timeout: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        deadline = time.monotonic() + timeout
+        kube = self.kube
+        if since < kube.compacted:
+            kube.gone += 1
+            err = {"type": "ERROR", "object": _status(410, "Expired", f"too old resource version: {since}")}
+            self.wfile.write(json.dumps(err).encode() + b"\n")
+            return
+        last = since
+        epoch = kube.epoch
+        while True:
+            with kube.cond:
+                if kube.epoch != epoch:
+                    return
+                batch = [e for e in kube.events if e[0] > last]
+                if not batch:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or kube.stopping:
+                        return
+                    kube.cond.wait(min(remaining, 0.2))
+                    continue
+            for rv, coll, kind, obj in batch:
+                last = rv
+                if coll == collection and _matches(obj, selector):
+                    try:
+                        self.wfile.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+    def do_POST(self) -> None:
+        collection, _, _, _ = self._split()
+        self.kube.requests.append(("POST", self.path))
+        self._send(*self.kube.create(collection, self._body()))
+
+    def do_PUT(self) -> None:
+        collection, name, _, _ = self._split()
+        self.kube.requests.append(("PUT", self.path))
+        assert name
+        self._send(*self.kube.replace(collection, name, self._body()))
+
+    def do_PATCH(self) -> None:
+        collection, name, sub, _ = self._split()
+        self.kube.requests.append(("PATCH", self.path))
+        assert name
+        if "merge-patch" not in (self.headers.get("Content-Type") or ""):
+            self._send(415, _status(415, "UnsupportedMediaType", self.headers.get("Content-Type") or ""))
+            return
+        self._send(*self.kube.patch(collection, name, self._body(), sub))
+
+    def do_DELETE(self) -> None:
+        collection, name, _, _ = self._split()
+        self.kube.requests.append(("DELETE", self.path))
+        assert name
+        self._send(*self.kube.delete(collection, name))
