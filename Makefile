@@ -30,6 +30,7 @@ pytest: install
 	$(BIN)/pytest
 
 bench: install               ## end-to-end benchmark, e.g. make bench ROWS=2000000
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/run.py --rows $(ROWS)
 
 image-test:                  ## build the image with podman (local Debian base) and run pgx in it read-only; ~7 min, not in `make test`
