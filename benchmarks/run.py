@@ -164,22 +164,9 @@ def parquet_files(root: Path) -> list[Path]:
 
 def prepare(root: Path, rows: int, seed: int) -> None:
     """Raw extracts into ``root/lake/raw/<type>/`` and the demo maps into ``root/maps`` (untimed)."""
-    from pgx_apcd.sample import generate
+    from pgx_core.demo import prepare_lake
 
-    from pgx_core.demo import DRUG_MAP, TARGET_MAP
-
-    raw = root / "lake" / "raw"
-    tmp = root / "_sample"
-    generate(tmp, rows=rows, seed=seed)
-    for data_type in ("pharmacy", "medical"):
-        (raw / data_type).mkdir(parents=True, exist_ok=True)
-        for f in sorted((tmp / data_type).glob("*.txt")):
-            shutil.move(str(f), raw / data_type / f.name)
-    shutil.rmtree(tmp)
-    maps = root / "maps"
-    maps.mkdir(exist_ok=True)
-    (maps / "target_icd_mapping.json").write_text(json.dumps(TARGET_MAP, indent=1))
-    (maps / "drug_map.json").write_text(json.dumps(DRUG_MAP, indent=1))
+    prepare_lake(root, rows=rows, seed=seed)
 
 
 def write_spec(root: Path, executor: str, budget_mb: int) -> Path:

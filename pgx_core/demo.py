@@ -54,25 +54,34 @@ def demo_spec(lake: str, available: set[str], executor: str, maps: Path) -> dict
     }
 
 
-def run_demo(directory: str, *, rows: int, executor: str | None, as_json: bool) -> int:
-    """Generate data, run every installed stage, print where everything landed."""
+def prepare_lake(root: Path, *, rows: int, seed: int = 7) -> Path:
+    """Synthetic raw extracts into ``root/lake/raw/<type>/`` (once) and the maps into ``root/maps``.
+
+    Returns the maps folder. Used by ``pgx demo`` and the benchmark.
+    """
     from pgx_apcd.sample import generate  # noqa: PLC0415 - the APCD domain package ships with pgx
 
-    root = Path(directory).resolve()
-    lake_dir = root / "lake"
-    raw = lake_dir / "raw"
+    raw = root / "lake" / "raw"
     if not raw.exists():
         tmp = root / "_sample"
-        generate(tmp, rows=rows, seed=7)
+        generate(tmp, rows=rows, seed=seed)
         for data_type in ("pharmacy", "medical"):
             (raw / data_type).mkdir(parents=True, exist_ok=True)
             for f in sorted((tmp / data_type).glob("*.txt")):
                 shutil.move(str(f), raw / data_type / f.name)
         shutil.rmtree(tmp)
     maps = root / "maps"
-    maps.mkdir(exist_ok=True)
+    maps.mkdir(parents=True, exist_ok=True)
     (maps / "target_icd_mapping.json").write_text(json.dumps(TARGET_MAP, indent=1))
     (maps / "drug_map.json").write_text(json.dumps(DRUG_MAP, indent=1))
+    return maps
+
+
+def run_demo(directory: str, *, rows: int, executor: str | None, as_json: bool) -> int:
+    """Generate data, run every installed stage, print where everything landed."""
+    root = Path(directory).resolve()
+    lake_dir = root / "lake"
+    maps = prepare_lake(root, rows=rows)
     plugins = make_plugin_manager()
     lake = lake_dir.as_uri()
     doc = demo_spec(lake, set(plugins.registry.names()), executor or "ray", maps)

@@ -47,7 +47,7 @@ from typing import TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pgx_apcd.layout import DATA_TYPES, DEMOGRAPHIC_COLUMNS, columns
+from pgx_apcd.layout import AGE_BANDS, DATA_TYPES, DEMOGRAPHIC_COLUMNS, columns
 
 from pgx_core.errors import ConservationError
 
@@ -102,9 +102,8 @@ _TYPE_ORDER: tuple[str, ...] = tuple(sorted(DATA_TYPES))  # ("medical", "pharmac
 _IMPUTED_FROM: tuple[str, ...] = tuple(f"imputed_from_{t}" for t in _TYPE_ORDER)
 SOURCE_LABELS: tuple[str, ...] = (ORIGINAL, *(f"imputed_from_{t}" for t in DATA_TYPES), UNRESOLVED)
 
-AGE_BAND_LABELS: tuple[str, ...] = (
-    "0-12", "13-24", "25-44", "45-54", "55-64", "65-74", "75-84", "85-94", "95-114",
-)
+# The bands of SPEC §3 that an age falls in (``unknown`` is for rows without one).
+AGE_BAND_LABELS: tuple[str, ...] = tuple(b for b in AGE_BANDS if b != "unknown")
 _AGE_BAND_LOWER: tuple[int, ...] = (0, 13, 25, 45, 55, 65, 75, 85, 95)
 UNKNOWN_BAND = "unknown"
 
@@ -133,6 +132,7 @@ ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
 
 
 # --- small Arrow helpers -------------------------------------------------------------------------
+
 
 def _arr(values: ArrayLike) -> pa.Array:
     """One contiguous array: several kernels (scatter, pairwise_diff, buffers) want no chunks."""
@@ -185,6 +185,7 @@ def _check_bronze(bronze: pa.Table, data_type: str) -> None:
 
 
 # --- step 1: keys ----------------------------------------------------------------------------------
+
 
 def _event_years(dates: ArrayLike) -> pa.Array:
     """The year of each valid ``YYYYMMDD`` date as int16, NULL where the raw value is not one.
@@ -245,6 +246,7 @@ def split_keys(bronze: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 # --- step 2: missing values ------------------------------------------------------------------------
 
+
 def _normalize_field(field: str, raw: ArrayLike) -> ArrayLike:
     trimmed = pc.ascii_trim_whitespace(raw)
     upper = pc.ascii_upper(trimmed)
@@ -283,6 +285,7 @@ def normalize_demographics(t: pa.Table) -> pa.Table:
 
 # --- step 3: profiles ------------------------------------------------------------------------------
 
+
 def _group_ids(t: pa.Table) -> tuple[pa.Array, pa.Table]:
     """Dense ids of (member, event_year, data_type), numbered in the sort order of the triples.
 
@@ -309,11 +312,13 @@ def _group_ids(t: pa.Table) -> tuple[pa.Array, pa.Table]:
     distinct = pc.take(distinct, pc.array_sort_indices(distinct))
     ids = pc.index_in(key, value_set=distinct)
     within = pc.modulo(distinct, stride)
-    groups = pa.table({
-        _MEMBER: pc.take(sorted_members, pc.divide(distinct, stride)),
-        _YEAR: pc.add(pc.divide(within, 2), y0).cast(pa.int16()),
-        _TYPE: pc.take(pa.array(_TYPE_ORDER), pc.modulo(within, 2)),
-    })
+    groups = pa.table(
+        {
+            _MEMBER: pc.take(sorted_members, pc.divide(distinct, stride)),
+            _YEAR: pc.add(pc.divide(within, 2), y0).cast(pa.int16()),
+            _TYPE: pc.take(pa.array(_TYPE_ORDER), pc.modulo(within, 2)),
+        }
+    )
     return ids, groups
 
 
@@ -324,9 +329,15 @@ def _profile_values(field: str, ids: pa.Array, values: ArrayLike, dates: pa.Arra
     counted = sub.group_by(["gid", "v"]).aggregate([([], "count_all"), ("d", "max")])
     # v is unique within a gid, so this order is total: the first row of each gid is the winner.
     # age is int16 here, so "smallest" is numeric for it and code point order for the strings.
-    order = pc.sort_indices(counted, sort_keys=[
-        ("gid", "ascending"), ("count_all", "descending"), ("d_max", "descending"), ("v", "ascending"),
-    ])
+    order = pc.sort_indices(
+        counted,
+        sort_keys=[
+            ("gid", "ascending"),
+            ("count_all", "descending"),
+            ("d_max", "descending"),
+            ("v", "ascending"),
+        ],
+    )
     ranked = counted.take(order)
     winners = ranked.filter(_run_starts(ranked["gid"]))
     out_type = pa.int16() if field == "age" else pa.string()
@@ -364,6 +375,7 @@ def build_profiles(t: pa.Table) -> pa.Table:
 
 
 # --- step 4: row values ----------------------------------------------------------------------------
+
 
 def resolve(t: pa.Table, profiles: pa.Table, lookahead_years: int = 5) -> pa.Table:
     """Step 4: add ``<field>_imputed`` and ``<field>_source`` for every row of ``t``, in input order.
@@ -439,27 +451,39 @@ def resolve(t: pa.Table, profiles: pa.Table, lookahead_years: int = 5) -> pa.Tab
     union = _open_union(open_ids)
     if len(union) and n_profiles:
         keys = pc.take(targets, union)
-        wanted = pa.table({
-            "tid": union,
-            "mid": pc.divide(keys, stride),
-            "year": pc.add(pc.divide(pc.modulo(keys, stride), 2), y0),
-            "type": pc.modulo(keys, 2),
-        })
-        available = pa.table({
-            "mid": profile_ids,
-            "p_row": pc.indices_nonzero(pc.is_valid(profile_ids)).cast(pa.int64()),
-            "p_year": profile_years,
-            "p_type": profile_types,
-        })
+        wanted = pa.table(
+            {
+                "tid": union,
+                "mid": pc.divide(keys, stride),
+                "year": pc.add(pc.divide(pc.modulo(keys, stride), 2), y0),
+                "type": pc.modulo(keys, 2),
+            }
+        )
+        available = pa.table(
+            {
+                "mid": profile_ids,
+                "p_row": pc.indices_nonzero(pc.is_valid(profile_ids)).cast(pa.int64()),
+                "p_year": profile_years,
+                "p_type": profile_types,
+            }
+        )
         pairs = wanted.join(available, keys="mid", join_type="inner")
         distance = pc.abs(pc.subtract(pairs["p_year"], pairs["year"]))
         other = pc.not_equal(pairs["p_type"], pairs["type"])
         # The own profile (distance 0, same type) already had its chance in round 1.
         keep = pc.and_(pc.less_equal(distance, lookahead_years), pc.or_(other, pc.not_equal(distance, 0)))
         pairs = pairs.append_column("distance", distance).append_column("other", other).filter(keep)
-        pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[
-            ("tid", "ascending"), ("distance", "ascending"), ("other", "ascending"), ("p_year", "ascending"),
-        ]))
+        pairs = pairs.take(
+            pc.sort_indices(
+                pairs,
+                sort_keys=[
+                    ("tid", "ascending"),
+                    ("distance", "ascending"),
+                    ("other", "ascending"),
+                    ("p_year", "ascending"),
+                ],
+            )
+        )
         for field in FIELDS:
             if not len(open_ids[field]):
                 continue
@@ -478,10 +502,12 @@ def resolve(t: pa.Table, profiles: pa.Table, lookahead_years: int = 5) -> pa.Tab
         value_type = pa.int16() if field == "age" else pa.string()
         if n_targets and found[field]:
             ids = pa.concat_arrays([w[0] for w in found[field]])
-            values = pc.scatter(pa.concat_arrays([w[1].cast(value_type) for w in found[field]]), ids,
-                                max_index=n_targets - 1)
-            types = pc.scatter(pa.concat_arrays([w[2].cast(pa.int64()) for w in found[field]]), ids,
-                               max_index=n_targets - 1)
+            values = pc.scatter(
+                pa.concat_arrays([w[1].cast(value_type) for w in found[field]]), ids, max_index=n_targets - 1
+            )
+            types = pc.scatter(
+                pa.concat_arrays([w[2].cast(pa.int64()) for w in found[field]]), ids, max_index=n_targets - 1
+            )
         else:
             values, types = pa.nulls(n_targets, value_type), pa.nulls(n_targets, pa.int64())
         own_value = t[field]
@@ -509,6 +535,7 @@ def _open_union(open_ids: Mapping[str, pa.Array]) -> pa.Array:
 
 # --- step 5: age bands -----------------------------------------------------------------------------
 
+
 def age_band(ages: ArrayLike) -> ArrayLike:
     """Band label of each resolved age (SPEC §3); NULL → ``unknown``.
 
@@ -523,6 +550,7 @@ def age_band(ages: ArrayLike) -> ArrayLike:
 
 
 # --- steps 6-7: one bucket -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class BucketResult:
@@ -646,13 +674,15 @@ def impute_bucket(
         member, event_year, reasons[dt] = _key_columns(table)
         valid = pc.is_null(reasons[dt])
         # Only the columns the rules read travel through the group-bys and lookups.
-        narrow = pa.table({
-            _MEMBER: member,
-            _YEAR: event_year,
-            _TYPE: pa.repeat(pa.scalar(dt), table.num_rows),
-            _DATE: table[_DATE].cast(pa.string()),
-            **{c: table[c].cast(pa.string()) for c in DEMOGRAPHIC_COLUMNS.values()},
-        }).filter(valid)
+        narrow = pa.table(
+            {
+                _MEMBER: member,
+                _YEAR: event_year,
+                _TYPE: pa.repeat(pa.scalar(dt), table.num_rows),
+                _DATE: table[_DATE].cast(pa.string()),
+                **{c: table[c].cast(pa.string()) for c in DEMOGRAPHIC_COLUMNS.values()},
+            }
+        ).filter(valid)
         narrow = normalize_demographics(narrow).drop_columns(list(DEMOGRAPHIC_COLUMNS.values()))
         narrow_parts.append(narrow.append_column("_row", pc.indices_nonzero(valid)))
 
@@ -718,15 +748,13 @@ def merge_bucket_results(results: Sequence[BucketResult]) -> BucketResult:
     quarantine = {dt: sort_rows(concat(r.quarantine[dt] for r in results)) for dt in DATA_TYPES}
     out_of_scope = {dt: sum(r.out_of_scope[dt] for r in results) for dt in DATA_TYPES}
     rows_in = {dt: sum(r.rows_in[dt] for r in results) for dt in DATA_TYPES}
-    stats = {
-        dt: {name: sum(r.stats[dt][name] for r in results) for name in results[0].stats[dt]}
-        for dt in DATA_TYPES
-    }
+    stats = {dt: {name: sum(r.stats[dt][name] for r in results) for name in results[0].stats[dt]} for dt in DATA_TYPES}
     profiles = sort_profiles(concat(r.profiles for r in results))
     return BucketResult(silver, quarantine, out_of_scope, rows_in, profiles, stats)
 
 
 # --- step 8: buckets -------------------------------------------------------------------------------
+
 
 def _fnv1a32(keys: pa.Array) -> pa.Array:
     """FNV-1a (32-bit) of every value's bytes, vectorized over byte positions.
