@@ -58,9 +58,6 @@ def bind(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
-def context() -> dict[str, Any]:
-    return dict(_context.get())
-
 
 def safe_traceback(exc: BaseException) -> list[str]:
     """Where an exception came from (``file:line in function`` frames), without its message.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
 
 ZONES: tuple[str, ...] = ("bronze", "silver", "gold")
 DEFAULT_LAKE = "s3://pgxdatalake"
@@ -222,6 +221,3 @@ def stem(uri: str) -> str:
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     return name.rsplit(".", 1)[0] if "." in name else name
 
-
-def filter_raw(uris: Iterable[str]) -> list[str]:
-    return sorted(u for u in uris if is_raw_text(u))

@@ -9,7 +9,7 @@ aggregates the :class:`EntityOutcome` values returned here.
 from __future__ import annotations
 
 import contextlib
-import time
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,10 +289,5 @@ def _safe(fn: Callable[[], Any]) -> None:
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Exponential backoff with full jitter for transient retries."""
-    import random  # noqa: PLC0415
-
     return random.uniform(0, min(cap, base * 2**attempt))
 
-
-def sleep(seconds: float) -> None:
-    time.sleep(seconds)

@@ -112,10 +112,8 @@ def test_state_locations_and_entity_ids() -> None:
 
 
 def test_raw_file_helpers() -> None:
-    assert paths.filter_raw(["s3://b/raw/a.TXT", "s3://b/raw/b.csv", "s3://b/raw/c.json"]) == [
-        "s3://b/raw/a.TXT",
-        "s3://b/raw/b.csv",
-    ]
+    raw = ["s3://b/raw/a.TXT", "s3://b/raw/b.csv", "s3://b/raw/c.json"]
+    assert [u for u in raw if paths.is_raw_text(u)] == ["s3://b/raw/a.TXT", "s3://b/raw/b.csv"]
     assert paths.stem("s3://b/raw/pharmacy/Genomic_Q12016.txt") == "Genomic_Q12016"
 
 
