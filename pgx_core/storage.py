@@ -630,7 +630,31 @@ class LocalStore(ObjectStore):
         return self.path_of(uri)
 
 
-class _AtomicLocalWriter(io.BufferedWriter):
+class PublishOnClose:
+    """Mixin for writers that publish their object on ``close()``: leaving a ``with`` block by an
+    exception, or dropping the writer unclosed, calls ``abort()`` instead, so no partial object
+    ever appears. Put it before the ``io`` base class."""
+
+    if TYPE_CHECKING:  # provided by the writer and its io base class; not defined here (MRO)
+        closed: bool
+
+        def abort(self) -> None: ...
+
+        def close(self) -> None: ...
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        # IOBase's finalizer would call close() and publish a half-written object.
+        if not self.closed:
+            self.abort()
+
+
+class _AtomicLocalWriter(PublishOnClose, io.BufferedWriter):
     """Buffered writer to a temp file that is fsynced and renamed over the target on close."""
 
     def __init__(self, fd: int, tmp: str, final: str, uri: str) -> None:
@@ -662,16 +686,6 @@ class _AtomicLocalWriter(io.BufferedWriter):
         with contextlib.suppress(OSError):
             os.unlink(self._tmp)
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
-
-    def __del__(self) -> None:
-        # IOBase's finalizer would call close() and publish a half-written object.
-        if not self.closed:
-            self.abort()
 
 
 class _LocalArrowHandler:

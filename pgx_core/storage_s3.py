@@ -30,7 +30,7 @@ from pgx_core.errors import (
     TransientError,
     UsageError,
 )
-from pgx_core.storage import ObjectInfo, ObjectStore, StoreConfig, split_uri
+from pgx_core.storage import ObjectInfo, ObjectStore, PublishOnClose, StoreConfig, split_uri
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -480,7 +480,7 @@ class _S3RangeReader(io.RawIOBase):
         return data
 
 
-class _S3Writer(io.RawIOBase):
+class _S3Writer(PublishOnClose, io.RawIOBase):
     """Writable stream that publishes on close (single PUT if small, else multipart upload)."""
 
     def __init__(self, store: S3Store, uri: str, bucket: str, key: str, part_size: int) -> None:
@@ -555,13 +555,3 @@ class _S3Writer(io.RawIOBase):
         self._buf = bytearray()
         super().close()
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
-
-    def __del__(self) -> None:
-        # IOBase's finalizer would call close() and publish a half-written object.
-        if not self.closed:
-            self.abort()
