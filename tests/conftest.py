@@ -8,6 +8,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,32 @@ def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...
 def teststage(plugin_site: Callable[..., Path]) -> Path:
     """Install the copy-table test stage (tests/support/pgx_teststage.py) for in- and out-of-process runs."""
     return plugin_site("pgx-teststage", "teststage", "pgx_teststage")
+
+
+def local_spec(tmp: Path, lake: Path, stages: list[dict[str, Any]], name: str, **spec: Any) -> Path:
+    """Write a PipelineRun for a local lake (executor ``local`` unless ``spec`` says otherwise)."""
+    import yaml
+
+    doc = {
+        "apiVersion": "pgx.io/v1alpha1",
+        "kind": "PipelineRun",
+        "metadata": {"name": name},
+        "spec": {"lake": lake.as_uri(), "executor": {"type": "local"}, "stages": stages, **spec},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def run_spec(path: Path, plugins: Any = None, **runner_options: Any) -> tuple[int, Any]:
+    """Validate and run a spec in-process; ``(exit code, Runner)``."""
+    from pgx_core.pluginmanager import make_plugin_manager
+    from pgx_core.runner import Runner
+    from pgx_core.runspec import load_spec
+
+    plugins = plugins or make_plugin_manager()
+    runner = Runner(load_spec(path, plugins.registry), plugins, **runner_options)
+    return int(runner.execute()), runner
 
 
 def pgx(

@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pgx_apcd.layout import columns
@@ -37,7 +36,7 @@ from pgx_core.runner import Runner
 from pgx_core.runspec import load_spec
 from pgx_core.state import PipelineState
 from pgx_core.storage import LocalStore
-from tests.conftest import pgx
+from tests.conftest import local_spec, pgx, run_spec
 
 SOURCES = ("age_source", "gender_source", "race_source", "zip_source", "county_source", "payer_source")
 SILVER_ORDER = ("mi_person_key", "incurred_date", "_source_file", "_source_line")
@@ -194,21 +193,11 @@ def gold_path(lake: Path, dataset: str, band: str, year: int) -> Path:
 
 
 def write_spec(tmp: Path, lake: Path, stages: list[dict[str, Any]], name: str = "cln", **extra: Any) -> Path:
-    doc = {
-        "apiVersion": "pgx.io/v1alpha1",
-        "kind": "PipelineRun",
-        "metadata": {"name": name},
-        "spec": {"lake": lake.as_uri(), "executor": {"type": "local"}, "stages": stages, **extra},
-    }
-    p = tmp / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(doc))
-    return p
+    return local_spec(tmp, lake, stages, name, **extra)
 
 
 def run(path: Path) -> tuple[int, Runner]:
-    plugins = make_plugin_manager()
-    runner = Runner(load_spec(path, plugins.registry), plugins)
-    return int(runner.execute()), runner
+    return run_spec(path)
 
 
 def summary(lake: Path, script: str, run_id: str) -> dict[str, Any]:

@@ -17,9 +17,8 @@ from pgx_apcd.sample import generate
 from pgx_impute import rules
 from pgx_impute.stage import demographics_schema, quarantine_schema, silver_schema
 
-from pgx_core.pluginmanager import make_plugin_manager
 from pgx_core.runner import Runner
-from pgx_core.runspec import load_spec
+from tests.conftest import local_spec, run_spec
 
 INGEST = [
     {"use": "ingest", "name": f"ingest-{dt}", "with": {"dataType": dt, "maxRejectRate": 0.2}}
@@ -45,21 +44,11 @@ def bronze_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_spec(tmp: Path, lake: Path, stages: list[dict[str, Any]], name: str, executor: str = "local") -> Path:
-    doc = {
-        "apiVersion": "pgx.io/v1alpha1",
-        "kind": "PipelineRun",
-        "metadata": {"name": name},
-        "spec": {"lake": lake.as_uri(), "executor": {"type": executor}, "stages": stages},
-    }
-    p = tmp / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(doc))
-    return p
+    return local_spec(tmp, lake, stages, name, executor={"type": executor})
 
 
 def run(path: Path) -> tuple[int, Runner]:
-    plugins = make_plugin_manager()
-    runner = Runner(load_spec(path, plugins.registry), plugins)
-    return int(runner.execute()), runner
+    return run_spec(path)
 
 
 def clone(src: Path, dst: Path) -> Path:

@@ -11,13 +11,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from pgx_apcd import layout
 from pgx_apcd.sample import SampleManifest, generate
 
-from pgx_core.pluginmanager import make_plugin_manager
 from pgx_core.runner import Runner
-from pgx_core.runspec import load_spec
+from tests.conftest import local_spec, run_spec
 
 CANARY = "0099887766"
 
@@ -34,15 +32,7 @@ def make_lake(tmp: Path, rows: int = 6000, defects: bool = True, files: int = 4)
 
 
 def spec(tmp: Path, lake: Path, stages: list[dict[str, Any]], name: str = "ing", **extra: Any) -> Path:
-    doc = {
-        "apiVersion": "pgx.io/v1alpha1",
-        "kind": "PipelineRun",
-        "metadata": {"name": name},
-        "spec": {"lake": lake.as_uri(), "executor": {"type": "local"}, "stages": stages, **extra},
-    }
-    p = tmp / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(doc))
-    return p
+    return local_spec(tmp, lake, stages, name, **extra)
 
 
 INGEST = [
@@ -52,9 +42,7 @@ INGEST = [
 
 
 def run(path: Path) -> tuple[int, Runner]:
-    plugins = make_plugin_manager()
-    runner = Runner(load_spec(path, plugins.registry), plugins)
-    return int(runner.execute()), runner
+    return run_spec(path)
 
 
 def summary(lake: Path, script: str, run_id: str) -> dict[str, Any]:

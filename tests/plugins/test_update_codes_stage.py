@@ -34,6 +34,7 @@ from pgx_core.pluginmanager import Plugins, make_plugin_manager
 from pgx_core.runner import Runner
 from pgx_core.runspec import StageParams, load_spec, validate_document
 from pgx_core.stage import Entity, EntityResult, Output, Stage, StageRegistry, WorkContext
+from tests.conftest import local_spec, run_spec
 
 CANARY = "0077665544"  # member-key-shaped: must never leave the data objects
 MAP_V1 = {"ZZ999": "F1120", "YF1120": "F1120", "r 69": "R69"}
@@ -158,21 +159,11 @@ def write_map(lake: Path, name: str, mapping: dict[str, str]) -> str:
 
 
 def spec(tmp: Path, lake: Path, stages: list[dict[str, Any]], name: str = "pass2", **extra: Any) -> Path:
-    doc = {
-        "apiVersion": "pgx.io/v1alpha1",
-        "kind": "PipelineRun",
-        "metadata": {"name": name},
-        "spec": {"lake": lake.as_uri(), "executor": {"type": "local"}, "stages": stages, **extra},
-    }
-    p = tmp / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(doc))
-    return p
+    return local_spec(tmp, lake, stages, name, **extra)
 
 
 def run(path: Path, **kw: Any) -> tuple[int, Runner]:
-    pm = plugins()
-    runner = Runner(load_spec(path, pm.registry), pm, **kw)
-    return int(runner.execute()), runner
+    return run_spec(path, plugins(), **kw)
 
 
 def summary(lake: Path, script: str, run_id: str) -> dict[str, Any]:
