@@ -79,7 +79,10 @@ class LocalExecutor(Executor):
 
 
 def make_executor(kind: str, stop: threading.Event, **options: Any) -> Executor:
-    """The executor named by ``executor.type`` (or the ``--executor`` override)."""
+    """The executor named by ``executor.type`` (or the ``--executor`` override).
+
+    ``options`` go to the Ray executor (``run``, ``address``, ``warm_modules``); the local one needs none.
+    """
     if kind == "local":
         return LocalExecutor(stop)
     if kind == "ray":

@@ -138,6 +138,10 @@ class Runner:
     def _stage(self, rs: ResolvedStage) -> Stage[Any]:
         return rs.stage_cls(rs.params, self.run, self.stores)
 
+    def task_modules(self) -> tuple[str, ...]:
+        """Modules every work item of this run imports: the worker protocol and the stages' plugins."""
+        return tuple(sorted({run_entity_task.__module__, *(rs.stage_cls.__module__ for rs in self.stages)}))
+
     def state_entity(self, entity: Entity) -> str:
         return paths.safe_id(paths.lake_key(self.run.lake), entity.id)
 
@@ -187,7 +191,7 @@ class Runner:
             try:
                 self.check_store()
                 self.plugins.call("pgx_before_run", must_succeed=True, run=self.run, spec=self.spec)
-                executor = make_executor(self.executor_kind, self.stop, run=self.run)
+                executor = make_executor(self.executor_kind, self.stop, run=self.run, warm_modules=self.task_modules())
                 failed_script: str | None = None
                 for rs in self.stages:
                     # After a stage that did not fully succeed, only its siblings (same stage type,
