@@ -44,6 +44,8 @@ QUARANTINE = "quarantine"
 DEMOGRAPHICS = "demographics"
 SILVER_SORT = rules.SORT_KEYS
 PROFILE_SORT = ("mi_person_key", "data_type")
+# Scratch is written once and read once, whole: fast compression, no statistics.
+SCRATCH_PARQUET: dict[str, Any] = {"compression": "lz4", "write_statistics": False}
 
 
 # --- work items (module-level functions: they run on executor workers) ---------------------------
@@ -87,7 +89,7 @@ def shuffle(item: ShuffleItem) -> dict[str, Any]:
     buckets = buckets.take(order)
     index: list[tuple[int, int]] = []
     with store.open_output(item.out_uri) as sink:
-        writer = pq.ParquetWriter(sink, table.schema, compression="lz4")
+        writer = pq.ParquetWriter(sink, table.schema, **SCRATCH_PARQUET)
         counts = pc.value_counts(buckets).to_pylist()
         offset = 0
         for entry in sorted(counts, key=lambda e: e["values"]):
@@ -117,7 +119,7 @@ def impute_one_bucket(item: BucketItem) -> dict[str, Any]:
             return
         uri = paths.join(item.scratch, "frag", key, f"b{item.bucket:06d}.parquet")
         with store.open_output(uri) as sink:
-            pq.write_table(table, sink, compression="lz4")
+            pq.write_table(table, sink, **SCRATCH_PARQUET)
         fragments[key] = (uri, table.num_rows)
 
     for dt in DATA_TYPES:

@@ -13,7 +13,7 @@ from pgx_apcd import layout
 
 from pgx_core import paths
 from pgx_core.errors import UsageError
-from pgx_core.parquet import MB, PARQUET_OPTS
+from pgx_core.parquet import MB, row_parquet_options
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
 from pgx_core.state import produced_checksum
 from pgx_ingest.params import IngestParams, ReprocessParams
@@ -58,7 +58,7 @@ class _ParquetSink:
     def write(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
             self._out = self.ctx.open_output(self.ctx.staging_uri(self.final))
-            self._writer = pq.ParquetWriter(self._out, self.schema, **PARQUET_OPTS)
+            self._writer = pq.ParquetWriter(self._out, self.schema, **row_parquet_options(self.schema))
         self._writer.write_batch(batch)
         self.rows += batch.num_rows
 
@@ -249,7 +249,7 @@ class ReprocessStage(Stage[ReprocessParams]):
         self, ctx: WorkContext, final: str, table: pa.Table, schema: pa.Schema, rewrites: tuple[str, str] | None
     ) -> Output:
         with ctx.open_output(ctx.staging_uri(final)) as out:
-            pq.write_table(table.cast(schema), out, **PARQUET_OPTS)
+            pq.write_table(table.cast(schema), out, **row_parquet_options(schema))
         return Output(
             final, table.num_rows, kind="rejects" if final.endswith(".rejects.parquet") else "data", rewrites=rewrites
         )

@@ -68,7 +68,7 @@ from pgx_clean.rules import DrugMap
 
 from pgx_core import paths
 from pgx_core.errors import ConflictError, DataError
-from pgx_core.parquet import MB, PARQUET_OPTS
+from pgx_core.parquet import MB, row_parquet_options
 from pgx_core.runspec import Spec, canonical_json
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
 from pgx_core.state import OutputRecord, PipelineState, StateStore
@@ -371,7 +371,7 @@ class UpdateCodesStage(Stage[UpdateCodesParams]):
         if not dry:
             metadata = {**(schema.metadata or {}), PROVENANCE_KEY: canonical_json(provenance).encode()}
             out = ctx.open_output(ctx.staging_uri(uri))
-            writer = pq.ParquetWriter(out, schema.with_metadata(metadata), **PARQUET_OPTS)
+            writer = pq.ParquetWriter(out, schema.with_metadata(metadata), **row_parquet_options(schema))
         try:
             for i in range(pf.metadata.num_row_groups):
                 for batch in pf.iter_batches(batch_size=chunk, row_groups=[i]):
