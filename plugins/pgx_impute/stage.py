@@ -4,8 +4,8 @@ Out of core, in three fan-outs over the executor (step 8):
 
 1. **shuffle** (prepare): every bronze object is read in row-group ranges sized to the budget; each
    range's rows are ordered by ``bucket_of(mi_person_key)`` and written to one scratch file with one
-   row group per bucket, so a member's rows from every object and both data types can be gathered.
-2. **buckets** (prepare): bucket ``k`` reads its row groups from every shuffle file and runs
+   record batch per bucket, so a member's rows from every object and both data types can be gathered.
+2. **buckets** (prepare): bucket ``k`` reads its batches from every shuffle file and runs
    :func:`pgx_impute.rules.impute_bucket` — all rows of its members are present — writing sorted
    fragments per output object (silver partition, quarantine, profiles of a year) to scratch.
 3. **assembly** (the entities): each output object is a streaming k-way merge of its fragments
@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +34,7 @@ from pgx_apcd.layout import AGE_BANDS, DATA_TYPES
 
 from pgx_core import paths
 from pgx_core.errors import ConservationError
+from pgx_core.log import get_logger
 from pgx_core.parquet import MB, ROW_GROUP_ROWS, FixedRowGroupWriter
 from pgx_core.stage import Entity, EntityResult, Output, RunInfo, Stage, WorkContext
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
@@ -42,10 +44,14 @@ from pgx_impute.params import ImputeParams
 
 QUARANTINE = "quarantine"
 DEMOGRAPHICS = "demographics"
+log = get_logger(__name__)
 SILVER_SORT = rules.SORT_KEYS
 PROFILE_SORT = ("mi_person_key", "data_type")
-# Scratch is written once and read once, whole: fast compression, no statistics.
-SCRATCH_PARQUET: dict[str, Any] = {"compression": "lz4", "write_statistics": False}
+# Scratch (shuffle files, fragments) is Arrow IPC with LZ4-compressed buffers: written once and read
+# once by pgx itself, it needs no encoding. Measured on 1 M rows, Parquet scratch cost 13 s of a
+# 45 s single-process impute (3.7 s shuffle writes, 6.7 s fragment writes, 2.6 s fragment reads).
+SCRATCH_IPC = pa.ipc.IpcWriteOptions(compression="lz4")
+MERGE_BATCH_ROWS = max(1024, ROW_GROUP_ROWS // 8)  # fragments are read back in batches of this size
 
 
 # --- work items (module-level functions: they run on executor workers) ---------------------------
@@ -65,7 +71,7 @@ class ShuffleItem:
 class BucketItem:
     run: RunInfo
     bucket: int
-    sources: tuple[tuple[str, str, int], ...]  # (data_type, shuffle file uri, row group)
+    sources: tuple[tuple[str, str, int], ...]  # (data_type, shuffle file uri, record batch)
     years: tuple[int, ...]
     lookahead_years: int
     scratch: str
@@ -76,7 +82,7 @@ def _store(config: StoreConfig, uri: str) -> ObjectStore:
 
 
 def shuffle(item: ShuffleItem) -> dict[str, Any]:
-    """Order one range of a bronze object by bucket; one row group per bucket. Returns the index."""
+    """Order one range of a bronze object by bucket; one record batch per bucket. Returns the index."""
     store = _store(item.run.store_config, item.uri)
     with store.open_input(item.uri) as f:
         table = pq.ParquetFile(f).read_row_groups(list(item.row_groups))
@@ -85,19 +91,16 @@ def shuffle(item: ShuffleItem) -> dict[str, Any]:
         pa.table({"b": buckets, "i": pa.array(range(table.num_rows), pa.int64())}),
         sort_keys=[("b", "ascending"), ("i", "ascending")],
     )
-    table = table.take(order)
+    table = table.take(order).combine_chunks()
     buckets = buckets.take(order)
-    index: list[tuple[int, int]] = []
-    with store.open_output(item.out_uri) as sink:
-        writer = pq.ParquetWriter(sink, table.schema, **SCRATCH_PARQUET)
-        counts = pc.value_counts(buckets).to_pylist()
+    index: list[tuple[int, int]] = []  # (bucket, record batch of the shuffle file)
+    with store.open_output(item.out_uri) as sink, pa.ipc.new_file(sink, table.schema, options=SCRATCH_IPC) as writer:
         offset = 0
-        for entry in sorted(counts, key=lambda e: e["values"]):
+        for entry in sorted(pc.value_counts(buckets).to_pylist(), key=lambda e: e["values"]):
             n = int(entry["counts"])
-            writer.write_table(table.slice(offset, n), row_group_size=max(n, 1))
+            writer.write_batch(table.slice(offset, n).to_batches()[0])  # one chunk: one batch
             index.append((int(entry["values"]), len(index)))
             offset += n
-        writer.close()
     return {"uri": item.out_uri, "data_type": item.data_type, "rows": table.num_rows, "index": index}
 
 
@@ -105,9 +108,9 @@ def impute_one_bucket(item: BucketItem) -> dict[str, Any]:
     """Run the rules on all rows of one bucket's members; write sorted fragments per output object."""
     store = _store(item.run.store_config, item.scratch)
     by_type: dict[str, list[pa.Table]] = {dt: [] for dt in DATA_TYPES}
-    for data_type, uri, rg in item.sources:
+    for data_type, uri, batch in item.sources:
         with store.open_input(uri) as f:
-            by_type[data_type].append(pq.ParquetFile(f).read_row_group(rg))
+            by_type[data_type].append(pa.Table.from_batches([pa.ipc.open_file(f).get_batch(batch)]))
     bronze = {dt: pa.concat_tables(ts) if ts else rules.bronze_schema(dt).empty_table() for dt, ts in by_type.items()}
     del by_type
     res = rules.impute_bucket(bronze, item.years, item.lookahead_years)
@@ -117,9 +120,9 @@ def impute_one_bucket(item: BucketItem) -> dict[str, Any]:
     def put(key: str, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        uri = paths.join(item.scratch, "frag", key, f"b{item.bucket:06d}.parquet")
-        with store.open_output(uri) as sink:
-            pq.write_table(table, sink, **SCRATCH_PARQUET)
+        uri = paths.join(item.scratch, "frag", key, f"b{item.bucket:06d}.arrow")
+        with store.open_output(uri) as sink, pa.ipc.new_file(sink, table.schema, options=SCRATCH_IPC) as writer:
+            writer.write_table(table, max_chunksize=MERGE_BATCH_ROWS)
         fragments[key] = (uri, table.num_rows)
 
     for dt in DATA_TYPES:
@@ -244,17 +247,22 @@ class ImputeStage(Stage[ImputeParams]):
         n_buckets = self.params.buckets or rules.estimate_bucket_count(total_bytes, self.run.memory_budget_mb)
         scratch = self._scratch()
         items = [
-            ShuffleItem(self.run, dt, uri, tuple(rgs), n_buckets, paths.join(scratch, "shuffle", f"s{i:06d}.parquet"))
+            ShuffleItem(self.run, dt, uri, tuple(rgs), n_buckets, paths.join(scratch, "shuffle", f"s{i:06d}.arrow"))
             for i, (dt, uri, rgs) in enumerate(ranges)
         ]
         per_bucket: dict[int, list[tuple[str, str, int]]] = {b: [] for b in range(n_buckets)}
         shuffled = dict.fromkeys(DATA_TYPES, 0)
+        started = time.monotonic()
         for done in fan_out(shuffle, items):
             shuffled[done["data_type"]] += done["rows"]
             for bucket, rg in done["index"]:
                 per_bucket[bucket].append((done["data_type"], done["uri"], rg))
         if shuffled != total_rows:  # never trust a count we did not make ourselves
             raise ConservationError(f"impute shuffle moved {shuffled} rows, bronze holds {total_rows}")
+        log.info("impute shuffle done", extra={"event": "impute_shuffled", "rows": sum(shuffled.values()),
+                                               "ranges": len(items), "buckets": n_buckets,
+                                               "duration_sec": round(time.monotonic() - started, 3)})
+        started = time.monotonic()
         bucket_items = [
             BucketItem(self.run, b, tuple(sorted(srcs)), self.run.years, self.params.lookahead_years, scratch)
             for b, srcs in sorted(per_bucket.items())
@@ -278,6 +286,9 @@ class ImputeStage(Stage[ImputeParams]):
                     f"impute {dt}: bronze rows {total_rows[dt]} != silver {counts['silver'][dt]} + quarantined "
                     f"{counts['quarantined'][dt]} + out of scope {counts['out_of_scope'][dt]}"
                 )
+        log.info("impute buckets done", extra={"event": "impute_bucketed", "buckets": len(bucket_items),
+                                               "fragments": sum(len(v) for v in fragments.values()),
+                                               "duration_sec": round(time.monotonic() - started, 3)})
         manifest = {
             "buckets": n_buckets,
             "fragments": {k: sorted(v) for k, v in sorted(fragments.items())},
@@ -352,7 +363,9 @@ class ImputeStage(Stage[ImputeParams]):
 
 def _batches(store: ObjectStore, uri: str) -> Iterator[pa.RecordBatch]:
     with store.open_input(uri) as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=max(1024, ROW_GROUP_ROWS // 8))
+        reader = pa.ipc.open_file(f)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
 
 
 def silver_schema(data_type: str) -> pa.Schema:
