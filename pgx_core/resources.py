@@ -3,12 +3,19 @@
 A sampler thread reads the process's RSS while the item runs; the peak is reported with the item's
 outcome and aggregated into the run summary (``resources``), so every run shows whether work items
 stayed within ``memoryBudgetMb``.
+
+Worker processes live on between items, and their allocators keep freed memory for reuse (Arrow's
+mimalloc pool, glibc's heap). So that an item's peak is its own and not the previous item's high
+water mark, each measurement starts by handing that retained memory back to the system.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 from collections.abc import Callable
+from functools import cache
 from typing import Any, TypeVar
 
 import psutil
@@ -16,6 +23,23 @@ import psutil
 R = TypeVar("R")
 _MB = 1024 * 1024
 _INTERVAL = 0.05
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl)
+        return None
+
+
+def release_retained_memory() -> None:
+    """Return memory the allocators hold but do not use (Arrow's pool, then glibc's heap)."""
+    import pyarrow as pa  # noqa: PLC0415 - only work items need it
+
+    pa.default_memory_pool().release_unused()
+    if (trim := _malloc_trim()) is not None:
+        trim(0)
 
 
 class PeakRss:
@@ -35,6 +59,7 @@ class PeakRss:
             self._sample()
 
     def __enter__(self) -> PeakRss:
+        release_retained_memory()
         self._sample()
         self._thread.start()
         return self
