@@ -128,14 +128,15 @@ class RayExecutor(Executor):
         if self._started and warm_modules:
             self._warm_up(warm_modules)
 
-    @staticmethod
-    def _warm_up(modules: tuple[str, ...]) -> None:
-        """Start one worker per CPU with the stages' modules imported: part of starting Ray.
+    def _warm_up(self, modules: tuple[str, ...]) -> None:
+        """Start the processes work items need, as part of starting Ray: one worker per CPU with
+        the stages' modules imported, and the stop flag's actor (a process of its own).
 
-        A fresh local Ray's workers take ~1 s to boot and import pyarrow and the plugins; without
-        this the first stage's first work items pay it (and its duration shows it).
+        A fresh local Ray's worker takes ~1 s of CPU to boot and import pyarrow and the plugins;
+        without this the first stage's first work items pay for it, and their durations show it.
         """
         refs = [_warm.remote(modules) for _ in range(available_cpus())]
+        refs.append(self._stop_flag().actor.is_set.remote())
         with contextlib.suppress(Exception):  # slow or failed warm-up only costs time later
             ray.get(refs, timeout=WARM_UP_TIMEOUT_SEC)
 
