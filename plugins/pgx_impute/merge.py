@@ -1,4 +1,4 @@
-"""Streaming k-way merge of sorted Parquet fragments (written with fixed row groups by the caller).
+"""Streaming k-way merge of sorted fragments, read batch by batch.
 
 Used to assemble each impute output (a silver partition, a quarantine object, a year of profiles)
 from the per-bucket fragments, with memory bounded by the batch size whatever the object size.
@@ -35,27 +35,30 @@ def sort_key(table: pa.Table, columns: Sequence[str]) -> pa.Array:
     )
 
 
-def merge_sorted(
-    sources: Sequence[Callable[[], Iterator[pa.RecordBatch]]],
-    key_columns: Sequence[str],
-    emit: Callable[[pa.Table], None],
-) -> int:
+Source = Callable[[], Iterator[tuple[pa.RecordBatch, bool]]]  # (batch, more batches follow)
+
+
+def merge_sorted(sources: Sequence[Source], key_columns: Sequence[str], emit: Callable[[pa.Table], None]) -> int:
     """Merge sources (each yields batches sorted by ``key_columns``, keys unique) in key order.
 
-    Each round takes, from every source's current batch, the rows up to the smallest "last key"
-    among them: every row with a smaller key is then in memory (sources are sorted), so the round
-    can be sorted and emitted. Memory: one batch per source plus one round. Returns rows emitted.
+    Each round takes, from every source's current batch, the rows up to a bound: the smallest
+    "last key" among the sources that still have batches to come (a source whose current batch is
+    its last does not limit it). Every row with a key up to the bound is then in memory, so the
+    round can be sorted and emitted; when no source has batches to come, one round takes the rest.
+    Memory: one batch per source plus one round. Returns rows emitted.
     """
     iters = [factory() for factory in sources]
     current: list[pa.Table | None] = [None] * len(iters)
+    more = [False] * len(iters)
 
     def load(i: int) -> None:
-        for batch in iters[i]:
+        for batch, follows in iters[i]:
+            more[i] = follows
             if batch.num_rows:
                 t = pa.Table.from_batches([batch])
                 current[i] = t.append_column(KEY, sort_key(t, key_columns))
                 return
-        current[i] = None
+        current[i], more[i] = None, False
 
     for i in range(len(iters)):
         load(i)
@@ -64,13 +67,13 @@ def merge_sorted(
         live = [i for i, t in enumerate(current) if t is not None]
         if not live:
             return emitted
-        bound = min(_last_key(current[i]) for i in live)
-        scalar = pa.scalar(bound, pa.binary())
+        pending = [i for i in live if more[i]]
+        bound = pa.scalar(min(_last_key(current[i]) for i in pending), pa.binary()) if pending else None
         parts = []
         for i in live:
             t = current[i]
             assert t is not None
-            n = int(pc.sum(pc.less_equal(t[KEY], scalar)).as_py() or 0)
+            n = t.num_rows if bound is None else int(pc.sum(pc.less_equal(t[KEY], bound)).as_py() or 0)
             if n:
                 parts.append(t.slice(0, n))
             if n == t.num_rows:

@@ -51,7 +51,20 @@ PROFILE_SORT = ("mi_person_key", "data_type")
 # once by pgx itself, it needs no encoding. Measured on 1 M rows, Parquet scratch cost 13 s of a
 # 45 s single-process impute (3.7 s shuffle writes, 6.7 s fragment writes, 2.6 s fragment reads).
 SCRATCH_IPC = pa.ipc.IpcWriteOptions(compression="lz4")
-MERGE_BATCH_ROWS = max(1024, ROW_GROUP_ROWS // 8)  # fragments are read back in batches of this size
+# Assembly merges one fragment per bucket and holds one batch of each, plus the round being
+# sorted: ~MERGE_FACTOR x buckets x batch bytes. Fragments are written in batches sized so that this
+# fits the budget whatever the bucket count (which grows with the input). The floor of
+# MIN_MERGE_BATCH_ROWS makes that hold up to budget / (3 x 64 x row bytes) buckets: ~1,000 at
+# 256 MB and ~16,000 at 4 GB for 1.4 KB silver rows; past that a two-level merge would be needed.
+MERGE_FACTOR = 3
+MAX_MERGE_BATCH_ROWS = ROW_GROUP_ROWS // 8
+MIN_MERGE_BATCH_ROWS = 64
+
+
+def merge_batch_rows(memory_budget_mb: int, n_buckets: int, row_bytes: float) -> int:
+    """Rows per fragment batch so that merging ``n_buckets`` fragments fits ``memory_budget_mb``."""
+    fit = int(memory_budget_mb * MB / (MERGE_FACTOR * max(n_buckets, 1) * max(row_bytes, 1.0)))
+    return max(MIN_MERGE_BATCH_ROWS, min(MAX_MERGE_BATCH_ROWS, fit))
 
 
 # --- work items (module-level functions: they run on executor workers) ---------------------------
@@ -71,6 +84,7 @@ class ShuffleItem:
 class BucketItem:
     run: RunInfo
     bucket: int
+    n_buckets: int
     sources: tuple[tuple[str, str, int], ...]  # (data_type, shuffle file uri, record batch)
     years: tuple[int, ...]
     lookahead_years: int
@@ -122,7 +136,8 @@ def impute_one_bucket(item: BucketItem) -> dict[str, Any]:
             return
         uri = paths.join(item.scratch, "frag", key, f"b{item.bucket:06d}.arrow")
         with store.open_output(uri) as sink, pa.ipc.new_file(sink, table.schema, options=SCRATCH_IPC) as writer:
-            writer.write_table(table, max_chunksize=MERGE_BATCH_ROWS)
+            rows = merge_batch_rows(item.run.memory_budget_mb, item.n_buckets, table.nbytes / table.num_rows)
+            writer.write_table(table, max_chunksize=rows)
         fragments[key] = (uri, table.num_rows)
 
     for dt in DATA_TYPES:
@@ -264,7 +279,9 @@ class ImputeStage(Stage[ImputeParams]):
                                                "duration_sec": round(time.monotonic() - started, 3)})
         started = time.monotonic()
         bucket_items = [
-            BucketItem(self.run, b, tuple(sorted(srcs)), self.run.years, self.params.lookahead_years, scratch)
+            BucketItem(
+                self.run, b, n_buckets, tuple(sorted(srcs)), self.run.years, self.params.lookahead_years, scratch
+            )
             for b, srcs in sorted(per_bucket.items())
             if srcs
         ]
@@ -361,11 +378,13 @@ class ImputeStage(Stage[ImputeParams]):
         return quarantine_schema(dt) if output.kind == QUARANTINE else silver_schema(dt)
 
 
-def _batches(store: ObjectStore, uri: str) -> Iterator[pa.RecordBatch]:
+def _batches(store: ObjectStore, uri: str) -> Iterator[tuple[pa.RecordBatch, bool]]:
+    """A fragment's batches, each with whether more follow (the merge needs no look-ahead)."""
     with store.open_input(uri) as f:
         reader = pa.ipc.open_file(f)
-        for i in range(reader.num_record_batches):
-            yield reader.get_batch(i)
+        n = reader.num_record_batches
+        for i in range(n):
+            yield reader.get_batch(i), i + 1 < n
 
 
 def silver_schema(data_type: str) -> pa.Schema:

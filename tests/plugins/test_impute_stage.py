@@ -15,7 +15,15 @@ import yaml
 from pgx_apcd import layout
 from pgx_apcd.sample import generate
 from pgx_impute import rules
-from pgx_impute.stage import demographics_schema, quarantine_schema, silver_schema
+from pgx_impute.stage import (
+    MAX_MERGE_BATCH_ROWS,
+    MERGE_FACTOR,
+    MIN_MERGE_BATCH_ROWS,
+    demographics_schema,
+    merge_batch_rows,
+    quarantine_schema,
+    silver_schema,
+)
 
 from pgx_core.runner import Runner
 from tests.conftest import local_spec, run_spec
@@ -65,6 +73,17 @@ def zone_digest(lake: Path, zone: str) -> dict[str, str]:
 
 def summary(lake: Path, run_id: str) -> dict[str, Any]:
     return json.loads((lake / "pgx_pipeline" / "global_imputation" / f"run_id={run_id}" / "summary.json").read_text())
+
+
+def test_assembly_batches_shrink_as_buckets_grow_so_the_merge_fits_the_budget() -> None:
+    row_bytes = 1400.0  # a silver medical row in Arrow
+    for buckets in (1, 12, 96, 500):
+        rows = merge_batch_rows(256, buckets, row_bytes)
+        assert rows <= MAX_MERGE_BATCH_ROWS
+        assert MERGE_FACTOR * buckets * rows * row_bytes <= 256 << 20
+    assert merge_batch_rows(256, 96, row_bytes) < merge_batch_rows(256, 12, row_bytes) < MAX_MERGE_BATCH_ROWS
+    assert merge_batch_rows(4096, 1, row_bytes) == MAX_MERGE_BATCH_ROWS
+    assert merge_batch_rows(256, 100_000, row_bytes) == MIN_MERGE_BATCH_ROWS  # a floor, not a bound any more
 
 
 def test_bucket_counts_give_byte_identical_silver(bronze_lake: Path, tmp_path: Path) -> None:
