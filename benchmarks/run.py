@@ -534,7 +534,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="total rows of the full comparison run")
     ap.add_argument("--executor", choices=("ray", "local"), default="ray")
-    ap.add_argument("--budget-mb", type=int, default=1024, help="executor.memoryBudgetMb of the run spec")
+    ap.add_argument("--budget-mb", type=int, default=256, help="executor.memoryBudgetMb of the run spec")
     ap.add_argument("--scaling", default="", help="comma-separated sizes for the scaling table (pgx only)")
     ap.add_argument("--skip-full", action="store_true", help="only the scaling runs")
     ap.add_argument("--skip-duckdb", action="store_true")
