@@ -42,9 +42,9 @@ from pgx_impute import rules
 from pgx_impute.merge import merge_sorted
 from pgx_impute.params import ImputeParams
 
+log = get_logger(__name__)
 QUARANTINE = "quarantine"
 DEMOGRAPHICS = "demographics"
-log = get_logger(__name__)
 SILVER_SORT = rules.SORT_KEYS
 PROFILE_SORT = ("mi_person_key", "data_type")
 # Scratch (shuffle files, fragments) is Arrow IPC with LZ4-compressed buffers: written once and read
@@ -270,8 +270,8 @@ class ImputeStage(Stage[ImputeParams]):
         started = time.monotonic()
         for done in fan_out(shuffle, items):
             shuffled[done["data_type"]] += done["rows"]
-            for bucket, rg in done["index"]:
-                per_bucket[bucket].append((done["data_type"], done["uri"], rg))
+            for bucket, batch in done["index"]:
+                per_bucket[bucket].append((done["data_type"], done["uri"], batch))
         if shuffled != total_rows:  # never trust a count we did not make ourselves
             raise ConservationError(f"impute shuffle moved {shuffled} rows, bronze holds {total_rows}")
         log.info("impute shuffle done", extra={"event": "impute_shuffled", "rows": sum(shuffled.values()),
