@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import pyarrow as pa
@@ -325,7 +325,9 @@ class ImputeStage(Stage[ImputeParams]):
 
     def process(self, entity: Entity, ctx: WorkContext) -> EntityResult:
         store = ctx.store()
-        manifest = json.loads(store.read_bytes(self._manifest_uri()))
+        manifest_uri = self._manifest_uri()
+        info = store.head(manifest_uri)  # a missing manifest fails in the read, as any missing object
+        manifest = _read_manifest(self.run.store_config, manifest_uri, info.etag if info else "")
         payload = entity.payload
         final = self._final(payload)
         frags = [(uri, rows) for uri, rows in manifest["fragments"].get(entity.id, [])]
@@ -376,6 +378,15 @@ class ImputeStage(Stage[ImputeParams]):
             return demographics_schema()
         dt = "pharmacy" if "/pharmacy/" in output.uri else "medical"
         return quarantine_schema(dt) if output.kind == QUARANTINE else silver_schema(dt)
+
+
+@lru_cache(maxsize=2)
+def _read_manifest(config: StoreConfig, uri: str, etag: str) -> dict[str, Any]:
+    """The bucket manifest, parsed once per worker process and version (it lists every fragment of
+    every output, so re-parsing it for each of ~100 entities grows with the bucket count).
+    Callers must not mutate it."""
+    manifest: dict[str, Any] = json.loads(_store(config, uri).read_bytes(uri))
+    return manifest
 
 
 def _batches(store: ObjectStore, uri: str) -> Iterator[tuple[pa.RecordBatch, bool]]:
