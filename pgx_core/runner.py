@@ -13,17 +13,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgx_core import clock, paths, summary
+from pgx_core import clock, failpoints, paths, summary
 from pgx_core.errors import PgxError, StorageError, TransientError, UsageError, scrub
 from pgx_core.executor import Executor, make_executor
 from pgx_core.exitcodes import ExitCode, worst
 from pgx_core.log import bind, get_logger, safe_traceback
 from pgx_core.pluginmanager import Plugins
-from pgx_core.promote import sha256_of
 from pgx_core.resources import measured
+from pgx_core.resume import decide
 from pgx_core.runspec import ResolvedStage, RunSpec
 from pgx_core.stage import Entity, RunInfo, Stage
-from pgx_core.state import GlobalTracker, PipelineState, StateStore
+from pgx_core.state import GlobalTracker, StateStore
 from pgx_core.storage import ObjectStore
 from pgx_core.worker import EntityOutcome, EntityTask, StoreCache, retry_delay, run_entity_task
 
@@ -37,6 +37,7 @@ class Decision:
 
     entity: Entity
     state_entity: str
+    state_etag: str | None  # version of the entity's state when planned (None: no state yet)
     run: bool
     reason: (
         str  # new | input changed | config changed | output missing | output changed | not completed | no-resume | done
@@ -55,42 +56,6 @@ class StagePlan:
     @property
     def skipped(self) -> list[Decision]:
         return [d for d in self.decisions if not d.run]
-
-
-def outputs_intact(store: ObjectStore, st: PipelineState) -> str | None:
-    """None when every recorded output exists with a recorded checksum, else the reason it fails.
-
-    The etag is checked first (cheap); only when it differs is the content hashed. A checksum
-    produced by a later stage that rewrote the object in place (update-codes) also counts.
-    """
-    for rec in st.outputs:
-        info = store.head(rec.uri)
-        if info is None:
-            return "output missing"
-        if info.etag in {rec.etag, rec.rewritten_etag} - {None}:
-            continue
-        if sha256_of(store, rec.uri) not in {rec.checksum, rec.rewritten_checksum} - {None}:
-            return "output changed"
-    return None
-
-
-def decide(
-    st: PipelineState | None, input_fp: str, config_fp: str, store: ObjectStore, resume: bool
-) -> tuple[bool, str]:
-    if not resume:
-        return True, "no-resume"
-    if st is None:
-        return True, "new"
-    if st.status != "completed":
-        return True, f"not completed ({st.status})"
-    if st.input_fingerprint != input_fp:
-        return True, "input changed"
-    if st.config_fingerprint != config_fp:
-        return True, "config changed"
-    broken = outputs_intact(store, st)
-    if broken:
-        return True, broken
-    return False, "done"
 
 
 class Runner:
@@ -172,10 +137,9 @@ class Runner:
         plan = StagePlan(rs)
         for ent in entities:
             se = self.state_entity(ent)
-            run, reason = decide(
-                states.read(se), ent.input_fingerprint, _config_fp(config_fp, ent), self.lake_store, self.resume
-            )
-            plan.decisions.append(Decision(ent, se, run, reason))
+            st, etag = states.read_versioned(se) or (None, None)
+            run, reason = decide(st, ent.input_fingerprint, _config_fp(config_fp, ent), self.lake_store, self.resume)
+            plan.decisions.append(Decision(ent, se, etag, run, reason))
         return plan
 
     def plan(self) -> list[StagePlan]:
@@ -244,6 +208,7 @@ class Runner:
         self._current_tally = tally
         self._tallies.setdefault(rs.stage_cls.script_name, []).append(tally)
         plan = self.plan_stage(rs)
+        failpoints.hit("after_plan")
         self.plugins.call(
             "pgx_before_stage",
             must_succeed=True,
@@ -274,6 +239,7 @@ class Runner:
                 d.entity.input_fingerprint,
                 _config_fp(config_fp, d.entity),
                 float(self.spec.spec.lease_ttl_seconds),
+                d.state_etag,
             )
             for d in plan.to_run
         ]
@@ -409,7 +375,9 @@ def _config_fp(stage_fp: str, entity: Entity) -> str:
 
 
 def _tracker_status(o: EntityOutcome) -> str:
-    return {"completed": "completed", "failed": "failed", "locked": "running"}.get(o.status, "pending")
+    return {"completed": "completed", "skipped": "completed", "failed": "failed", "locked": "running"}.get(
+        o.status, "pending"
+    )
 
 
 __all__ = ["Decision", "Runner", "StagePlan"]

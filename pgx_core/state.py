@@ -109,8 +109,13 @@ class StateStore:
         return paths.state_object(self.state_root, self.pipeline, entity)
 
     def read(self, entity: str) -> PipelineState | None:
+        got = self.read_versioned(entity)
+        return got[0] if got else None
+
+    def read_versioned(self, entity: str) -> tuple[PipelineState, str] | None:
+        """The entity's state and the etag of that version, or None when it has no state."""
         got = self.store.read_versioned(self.uri(entity))
-        return PipelineState.model_validate_json(got[0]) if got else None
+        return (PipelineState.model_validate_json(got[0]), got[1]) if got else None
 
     def update(self, entity: str, fn: Callable[[PipelineState], PipelineState | None]) -> PipelineState:
         """Apply ``fn`` to the current state (a fresh pending one if none) with CAS retries."""

@@ -57,7 +57,16 @@ class StageTally:
         self.totals["entities"] += 1
         self.totals["skipped"] += 1
         self.entities.append(
-            {"entity": entity, "stage": stage, "status": "skipped", "attempts": 0, "rows_in": 0, "rows_out": 0}
+            {
+                "entity": entity,
+                "stage": stage,
+                "status": "skipped",
+                "attempts": 0,
+                "rows_in": 0,
+                "rows_out": 0,
+                "rows_quarantined": 0,
+                "stats": {},
+            }
         )
 
     def add(self, o: EntityOutcome, stage: str) -> None:

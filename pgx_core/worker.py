@@ -27,13 +27,16 @@ from pgx_core.errors import (
 )
 from pgx_core.executor import StopFlag
 from pgx_core.exitcodes import ExitCode
+from pgx_core.log import get_logger
 from pgx_core.promote import Promoted, promote_object, sha256_of, verify_staged
 from pgx_core.resources import PeakRss
+from pgx_core.resume import decide
 from pgx_core.runspec import StageParams
 from pgx_core.stage import Entity, EntityResult, RunInfo, Stage, WorkContext
 from pgx_core.state import LeaseKeeper, OutputRecord, PipelineState, StateStore, Step, acquire_lease
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
 
+log = get_logger(__name__)
 
 class StoreCache:
     """One store per scheme for this task (S3 clients are bucket-agnostic)."""
@@ -62,6 +65,7 @@ class EntityTask:
     input_fingerprint: str
     config_fingerprint: str
     lease_ttl: float
+    planned_state_etag: str | None = None  # the state version the driver's plan decided on
 
 
 @dataclass
@@ -69,7 +73,7 @@ class EntityOutcome:
     """What the driver learns about one entity. Counts and PHI-free messages only."""
 
     state_entity: str
-    status: str  # completed | failed | locked | interrupted | transient
+    status: str  # completed | skipped | failed | locked | interrupted | transient
     exit_code: int = ExitCode.OK
     rows_in: int = 0
     rows_out: int = 0
@@ -145,6 +149,9 @@ def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOut
 
     try:
         with LeaseKeeper(lease) as keeper, PeakRss() as rss:
+            if _completed_meanwhile(states, task, lake_store):
+                outcome.status, outcome.attempts = "skipped", 0
+                return outcome
             st = states.update(task.state_entity, begin)
             outcome.attempts = st.attempt
             ctx = WorkContext(run, task.state_entity, stores, keeper.beat, stop)
@@ -231,6 +238,25 @@ def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOut
         outcome.duration_sec = round(clock.monotonic() - started, 3)
         outcome.peak_rss_mb = rss.peak_mb
     return outcome
+
+
+def _completed_meanwhile(states: StateStore, task: EntityTask, store: ObjectStore) -> bool:
+    """True when another run completed the entity between our plan and our lease .
+
+    The plan's decision stands while the state is the version it saw; a newer version that is
+    completed with our fingerprints and intact outputs means the work is done: redoing it would
+    promote (and back up) the same entity twice.
+    """
+    got = states.read_versioned(task.state_entity)
+    if got is None or got[1] == task.planned_state_etag:
+        return False
+    run, _ = decide(got[0], task.input_fingerprint, task.config_fingerprint, store, resume=True)
+    if not run:
+        log.info(
+            "entity completed by another run meanwhile",
+            extra={"event": "entity_done_meanwhile", "entity": task.state_entity, "by_run": got[0].run_id},
+        )
+    return not run
 
 
 def _record_rewrite(store: ObjectStore, run: RunInfo, rewrites: tuple[str, str], p: Promoted) -> None:

@@ -10,68 +10,23 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from pgx_core import failpoints, paths
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
 from tests.conftest import pgx
-
-CANARY_KEY = "0048151623420"  # a member-key-shaped canary: must never leave the data objects
-
-
-def put_table(store: ObjectStore, uri: str, table: pa.Table) -> None:
-    with store.open_output(uri) as f:
-        pq.write_table(table, f)
-
-
-def input_table(n: int, salt: int = 0) -> pa.Table:
-    return pa.table({"x": list(range(salt, salt + n)), "member": [CANARY_KEY] * n})
-
-
-def write_spec(tmp: Path, lake: str, cfg: StoreConfig, name: str = "rel", **with_: Any) -> Path:
-    spec: dict[str, Any] = {
-        "apiVersion": "pgx.io/v1alpha1",
-        "kind": "PipelineRun",
-        "metadata": {"name": name},
-        "spec": {
-            "lake": lake,
-            "stateRoot": paths.join(lake, "_state"),
-            "executor": {"type": "local"},
-            "leaseTtlSeconds": 5,
-            "stages": [{"use": "copy-table", "with": with_}],
-        },
-    }
-    if cfg.endpoint_url:
-        spec["spec"]["s3"] = {"endpointUrl": cfg.endpoint_url, "region": cfg.region}
-    p = tmp / f"{name}-{abs(hash(lake)) % 10**6}.yaml"
-    p.write_text(yaml.safe_dump(spec))
-    return p
-
-
-def data_objects(store: ObjectStore, lake: str) -> dict[str, bytes]:
-    """Every data object of the lake (not state, summaries, staging or backups) → bytes."""
-    out = {}
-    for info in store.list(lake.rstrip("/") + "/"):
-        rel = paths.relative(info.uri, lake)
-        if rel.split("/")[0] in {"gold", "silver", "bronze"}:
-            out[rel] = store.read_bytes(info.uri)
-    return out
-
-
-def summaries(store: ObjectStore, lake: str, run_id: str | None = None) -> list[dict[str, Any]]:
-    docs = [json.loads(store.read_bytes(i.uri)) for i in store.list(paths.summaries_prefix(lake))]
-    return [d for d in docs if run_id is None or d["run_id"] == run_id]
-
-
-def run_json(spec: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    proc = pgx("run", str(spec), "--json", *extra, env=env)
-    doc = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
-    return proc.returncode, doc
+from tests.core.lake_helpers import (
+    CANARY_KEY,
+    data_objects,
+    input_table,
+    put_table,
+    run_json,
+    summaries,
+    write_spec,
+)
 
 
 @pytest.fixture
@@ -97,6 +52,8 @@ def test_run_then_resume_writes_nothing(seeded: tuple[str, StoreConfig, ObjectSt
     assert doc["totals"]["skipped"] == 3 and doc["totals"]["completed"] == 0
     assert doc["status"] == "success" and doc["status_code"] == 0
     assert all(e["status"] == "skipped" for e in doc["entities"])
+    # Every entity carries its stats as an object, skipped ones included.
+    assert all(e["stats"] == {} for e in doc["entities"])
 
 
 def test_summary_has_every_field(seeded: tuple[str, StoreConfig, ObjectStore], tmp_path: Path) -> None:

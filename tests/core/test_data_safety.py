@@ -1,0 +1,126 @@
+"""Data safety under concurrency: runs racing on one lake promote each entity once, and backup
+prefixes are never shared. Real `pgx run` processes on a local lake and on moto-server S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pgx_core import paths
+from pgx_core.storage import ObjectStore, StoreConfig, open_store
+from tests.core.lake_helpers import data_objects, input_table, put_table, run_json, write_spec
+
+ENTITIES = 4
+
+
+def _seed(store: ObjectStore, lake: str, salt: int) -> None:
+    for i in range(ENTITIES):
+        put_table(store, paths.join(lake, "input", f"part{i}.parquet"), input_table(20 + i, salt=salt + i))
+
+
+def _promotions(store: ObjectStore, lake: str, after_run: str) -> Counter[str]:
+    """Completed steps per entity written by runs other than ``after_run`` (the seeding run)."""
+    counts: Counter[str] = Counter()
+    for info in store.list(paths.state_prefix(paths.join(lake, "_state"), "test_copy")):
+        if info.uri.endswith("/state.json"):
+            st = json.loads(store.read_bytes(info.uri))
+            for step in st["completed_steps"]:
+                if step["metadata"]["run_id"] != after_run and step["metadata"]["status"] == "completed":
+                    counts[st["entity_id"]] += 1
+    return counts
+
+
+def _backup_copies(store: ObjectStore, lake: str) -> Counter[str]:
+    """How many backup copies exist of each gold object, over every backup prefix."""
+    counts: Counter[str] = Counter()
+    for info in store.list(paths.join(lake, "_backups") + "/"):
+        rel = paths.relative(info.uri, paths.join(lake, "_backups"))
+        if rel.startswith("backup_") and rel.endswith(".parquet"):
+            counts[rel.split("/", 1)[1]] += 1
+    return counts
+
+
+def _reference(lake: str, cfg: StoreConfig, tmp_path: Path) -> dict[str, bytes]:
+    """The data objects one uninterrupted run makes of the second inputs, on a fresh lake."""
+    ref = lake + "-ref"
+    store = open_store(ref, cfg)
+    _seed(store, ref, salt=100)
+    assert run_json(write_spec(tmp_path, ref, cfg, name="ref"))[0] == 0
+    return data_objects(store, ref)
+
+
+@pytest.fixture
+def replaced(lake: tuple[str, StoreConfig], tmp_path: Path, teststage: Path) -> tuple[str, StoreConfig, str]:
+    """A lake whose gold was made by one run and whose inputs then changed, so that the next run
+    replaces (and backs up) every gold object. Returns the lake, its config and the first run id."""
+    uri, cfg = lake
+    store = open_store(uri, cfg)
+    _seed(store, uri, salt=0)
+    code, first = run_json(write_spec(tmp_path, uri, cfg))
+    assert code == 0
+    _seed(store, uri, salt=100)
+    return uri, cfg, first["run_id"]
+
+
+def test_a_run_overtaken_after_planning_does_not_promote_again(
+    replaced: tuple[str, StoreConfig, str], tmp_path: Path
+) -> None:
+    """B plans while nothing is done, then A does everything; B must skip, not redo."""
+    lake, cfg, seed_run = replaced
+    store = open_store(lake, cfg)
+    spec = write_spec(tmp_path, lake, cfg)
+    fp_dir = tmp_path / "fp"
+    fp_dir.mkdir()
+    env = {"PGX_FAILPOINTS": "after_plan=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
+    cmd = [sys.executable, "-m", "pgx_core", "run", str(spec), "--json"]
+    b = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    try:
+        _wait_for(fp_dir / "after_plan.reached", b)
+        code_a, _ = run_json(spec)  # A runs while B is paused after planning
+        assert code_a == 0
+        (fp_dir / "after_plan.release").touch()
+        out_b, err_b = b.communicate(timeout=120)
+    finally:
+        b.kill()
+    assert b.returncode == 0, err_b[-2000:]
+    [summary_b] = [json.loads(store.read_bytes(u)) for u in json.loads(out_b)["summaries"]]
+    assert summary_b["totals"]["skipped"] == ENTITIES and summary_b["totals"]["completed"] == 0
+    assert set(_promotions(store, lake, seed_run).values()) == {1}
+    assert len(_promotions(store, lake, seed_run)) == ENTITIES
+    assert set(_backup_copies(store, lake).values()) == {1}
+    assert data_objects(store, lake) == _reference(lake, cfg, tmp_path)
+
+
+def test_two_runs_started_together_promote_each_entity_once(
+    replaced: tuple[str, StoreConfig, str], tmp_path: Path
+) -> None:
+    lake, cfg, seed_run = replaced
+    store = open_store(lake, cfg)
+    spec = write_spec(tmp_path, lake, cfg, delaySec=0.3)
+    cmd = [sys.executable, "-m", "pgx_core", "run", str(spec), "--json"]
+    runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    ends = [p.communicate(timeout=180) for p in runs]
+    assert {p.returncode for p in runs} <= {0, 3}, [err[-2000:] for _, err in ends]
+    # Whatever one run left locked, a third run finishes; nothing is promoted twice.
+    assert run_json(spec)[0] == 0
+    promotions = _promotions(store, lake, seed_run)
+    assert len(promotions) == ENTITIES and set(promotions.values()) == {1}, promotions
+    assert set(_backup_copies(store, lake).values()) == {1}
+    assert data_objects(store, lake) == _reference(lake, cfg, tmp_path)
+
+
+def _wait_for(marker: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) before reaching {marker.name}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{marker.name} not reached in {timeout} s")
+        time.sleep(0.05)
