@@ -2,34 +2,74 @@
 
 A backup prefix is ``<backup_root>/backup_<YYYYmmddTHHMMSSZ>/``; objects inside keep their key
 relative to what was backed up (for run backups: relative to the lake root), so a rollback knows
-where each one goes back to. A run's prefix carries a ``_pgx_backup.json`` marker naming the run,
-so two runs started in the same second never share one.
+where each one goes back to.
+
+Every prefix is **claimed** before anything is written into it: a create-only put of the claim
+object ``<backup_root>/backup_<stamp>.claim.json`` beside it, naming its owner (a run, or one
+``backup_s3_prefix`` call). A prefix already claimed — by another run or call in the same second —
+is never written into; the next free second is claimed instead. The claim sits beside the prefix,
+not in it, so a backup holds exactly the objects it copied. Prefixes written before claims existed
+(a ``_pgx_backup.json`` marker, or any object under them) count as taken.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pgx_core import clock, paths
 from pgx_core.errors import PreconditionFailed, StorageError
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
 
-MARKER = "_pgx_backup.json"
+LEGACY_MARKER = "_pgx_backup.json"  # inside run prefixes made before claim objects
+MAX_CLAIM_SECONDS = 3600  # how far past its start second a claim may move
+
+
+def claim_prefix(store: ObjectStore, backup_root: str, start: datetime, owner: dict[str, Any]) -> str:
+    """Claim the first free ``backup_<stamp>/`` at or after ``start``; returns the prefix.
+
+    ``owner`` must hold a unique ``token``: a claim whose create-only put was retried after a lost
+    response is recognized as ours by it.
+    """
+    body = json.dumps({**owner, "created_at": clock.iso()}).encode()
+    for prefix in _candidates(backup_root, start):
+        claim = paths.backup_claim_object(prefix)
+        got = store.read_versioned(claim)
+        if got is None and next(store.list(prefix), None) is not None:
+            continue  # objects but no claim: a prefix from before claims existed
+        try:
+            if got is None:
+                store.put_if_absent(claim, body)
+                return prefix
+        except PreconditionFailed:
+            got = store.read_versioned(claim)
+        if got is not None and json.loads(got[0]).get("token") == owner["token"]:
+            return prefix  # ours: a retried put whose first response was lost, or a sibling worker's
+    raise StorageError(f"Could not claim a backup prefix under {backup_root} within {MAX_CLAIM_SECONDS} s of {start}")
+
+
+def _candidates(backup_root: str, start: datetime) -> Iterator[str]:
+    for i in range(MAX_CLAIM_SECONDS):
+        yield paths.backup_prefix(backup_root, clock.stamp(start + timedelta(seconds=i)))
 
 
 def backup_s3_prefix(src_prefix: str, backup_root: str, config: StoreConfig | None = None) -> str:
     """Copy every object under ``src_prefix`` to ``<backup_root>/backup_<stamp>/<relative key>``.
 
-    Server-side copies (any size), works for ``s3://`` and ``file://``. Verifies that the backup
-    holds as many objects as the source listed, and returns the backup prefix.
+    Server-side copies (any size), works for ``s3://`` and ``file://``. The prefix is claimed
+    create-only (the next free second when this one is taken). Verifies that the backup holds as
+    many objects as the source listed, and returns the backup prefix.
     """
     src_store = open_store(src_prefix, config)
     dst_store = open_store(backup_root, config)
     src = src_prefix.rstrip("/") + "/"
     objects = list(src_store.list(src))
-    prefix = paths.backup_prefix(backup_root, clock.stamp())
+    owner = {"token": uuid.uuid4().hex, "source": src}
+    prefix = claim_prefix(dst_store, backup_root, clock.utcnow(), owner)
     for info in objects:
         dst = prefix + paths.relative(info.uri, src)
         if src_store is dst_store or type(src_store) is type(dst_store):
@@ -37,14 +77,14 @@ def backup_s3_prefix(src_prefix: str, backup_root: str, config: StoreConfig | No
         else:  # across store kinds (e.g. s3 → file): stream through this process
             dst_store.write_bytes(dst, src_store.read_bytes(info.uri))
     copied = sum(1 for _ in dst_store.list(prefix))
-    if copied < len(objects):
+    if copied != len(objects):
         raise StorageError(f"Backup of {src} to {prefix} is incomplete: {copied} of {len(objects)} objects")
     return prefix
 
 
 @dataclass
 class RunBackup:
-    """The backup prefix of one run; created lazily on the first object that needs a backup."""
+    """The backup prefix of one run; claimed lazily on the first object that needs a backup."""
 
     store: ObjectStore
     backup_root: str
@@ -53,22 +93,12 @@ class RunBackup:
     prefix: str | None = None
     backed_up: list[str] = field(default_factory=list)
 
-    def _claim_prefix(self) -> str:
-        for prefix in _candidate_prefixes(self.backup_root, self.run_id):
-            body = json.dumps({"run_id": self.run_id, "created_at": clock.iso(), "lake": self.lake}).encode()
-            try:
-                self.store.put_if_absent(prefix + MARKER, body)
-                return prefix
-            except PreconditionFailed:
-                existing = json.loads(self.store.read_bytes(prefix + MARKER))
-                if existing.get("run_id") == self.run_id:
-                    return prefix
-            # Another run started in the same second owns this prefix: take the next second.
-        raise StorageError(f"Could not claim a backup prefix under {self.backup_root}")
-
     def ensure_prefix(self) -> str:
         if self.prefix is None:
-            self.prefix = find_run_backup(self.store, self.backup_root, self.run_id) or self._claim_prefix()
+            owner = {"token": self.run_id, "run_id": self.run_id, "lake": self.lake}
+            self.prefix = find_run_backup(self.store, self.backup_root, self.run_id) or claim_prefix(
+                self.store, self.backup_root, _run_start(self.run_id), owner
+            )
         return self.prefix
 
     def backup(self, final_uri: str) -> str | None:
@@ -86,25 +116,24 @@ class RunBackup:
         return dst
 
 
-_MAX_SAME_SECOND_RUNS = 120
-
-
-def _candidate_prefixes(backup_root: str, run_id: str) -> list[str]:
-    """A run's backup prefix is stamped with the run's start second, or the first free one after."""
-    start = datetime.strptime(run_id.split("-", 1)[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    return [
-        paths.backup_prefix(backup_root, clock.stamp(start + timedelta(seconds=i)))
-        for i in range(_MAX_SAME_SECOND_RUNS)
-    ]
+def _run_start(run_id: str) -> datetime:
+    """A run's backup prefix is stamped with its start second (or the first free one after)."""
+    return datetime.strptime(run_id.split("-", 1)[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 def find_run_backup(store: ObjectStore, backup_root: str, run_id: str) -> str | None:
-    """The backup prefix claimed by ``run_id``, found by its marker (None if it made no backup)."""
-    for prefix in _candidate_prefixes(backup_root, run_id):
-        got = store.read_versioned(prefix + MARKER)
+    """The backup prefix claimed by ``run_id`` (None if it made no backup).
+
+    Every claim takes the first free second at or after its own start and claims are never
+    removed, so the seconds from the run's start to its prefix are all taken: the first free one
+    ends the search.
+    """
+    for prefix in _candidates(backup_root, _run_start(run_id)):
+        got = store.read_versioned(paths.backup_claim_object(prefix)) or store.read_versioned(prefix + LEGACY_MARKER)
         if got is None:
-            return None  # prefixes are claimed in order: a gap means the run never claimed one
-        if json.loads(got[0]).get("run_id") == run_id:
+            if next(store.list(prefix), None) is None:
+                return None
+        elif json.loads(got[0]).get("run_id") == run_id:
             return prefix
     return None
 
@@ -114,5 +143,5 @@ def backup_objects(store: ObjectStore, prefix: str) -> list[tuple[str, str]]:
     return [
         (info.uri, paths.relative(info.uri, prefix))
         for info in store.list(prefix)
-        if not info.uri.endswith("/" + MARKER)
+        if not info.uri.endswith("/" + LEGACY_MARKER)
     ]

@@ -200,6 +200,11 @@ def backup_prefix(backup_root: str, stamp: str) -> str:
     return f"{_root(backup_root)}/backup_{stamp}/"
 
 
+def backup_claim_object(prefix: str) -> str:
+    """The claim object of a backup prefix, beside it: ``…/backup_<stamp>.claim.json``."""
+    return prefix.rstrip("/") + ".claim.json"
+
+
 def split_glob(pattern: str) -> tuple[str, str | None]:
     """``(prefix to list, glob to match or None)`` for an input given as a prefix or a glob.
 

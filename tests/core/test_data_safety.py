@@ -124,3 +124,62 @@ def _wait_for(marker: Path, proc: subprocess.Popen[str], timeout: float = 120) -
         if time.monotonic() > deadline:
             raise AssertionError(f"{marker.name} not reached in {timeout} s")
         time.sleep(0.05)
+
+
+# --- backup prefixes ------------------------------------------------------------------------------
+
+FROZEN = "20261206T120000Z"
+
+
+@pytest.fixture
+def one_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every clock reading falls in the same second."""
+    from datetime import UTC, datetime
+
+    from pgx_core import clock
+
+    moment = datetime.strptime(FROZEN, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    monkeypatch.setattr(clock, "utcnow", lambda: moment)
+
+
+def test_many_backups_in_one_second_never_share_a_prefix(lake: tuple[str, StoreConfig], one_second: None) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pgx_core.backup import backup_s3_prefix
+
+    uri, cfg = lake
+    store = open_store(uri, cfg)
+    calls = 12
+    for c in range(calls):
+        for k in range(3):
+            store.write_bytes(paths.join(uri, "gold", f"src{c}", f"o{k}.bin"), f"{c}-{k}".encode())
+    root = paths.join(uri, "_backups") + "/"
+    with ThreadPoolExecutor(calls) as pool:
+        prefixes = list(pool.map(lambda c: backup_s3_prefix(paths.join(uri, "gold", f"src{c}"), root, cfg), range(12)))
+    assert len(set(prefixes)) == calls
+    assert prefixes[0].startswith(paths.join(uri, "_backups", "backup_20261206T1200"))
+    for c, prefix in enumerate(prefixes):
+        got = {paths.relative(i.uri, prefix): store.read_bytes(i.uri) for i in store.list(prefix)}
+        assert got == {f"o{k}.bin": f"{c}-{k}".encode() for k in range(3)}, prefix
+
+
+def test_runs_and_backup_calls_in_one_second_keep_their_own_prefixes(
+    lake: tuple[str, StoreConfig], one_second: None
+) -> None:
+    from pgx_core.backup import RunBackup, backup_s3_prefix, find_run_backup
+
+    uri, cfg = lake
+    store = open_store(uri, cfg)
+    root = paths.join(uri, "_backups") + "/"
+    store.write_bytes(paths.join(uri, "gold", "a.bin"), b"a")
+    # A prefix made before claims existed: objects and no claim. It is taken.
+    legacy = paths.backup_prefix(root, FROZEN)
+    store.write_bytes(legacy + "gold/old.bin", b"old")
+    runs = [f"{FROZEN}-0000000{i}" for i in range(3)]
+    made = [RunBackup(store, root, uri, r).ensure_prefix() for r in runs[:2]]
+    made.append(backup_s3_prefix(paths.join(uri, "gold"), root, cfg))
+    made.append(RunBackup(store, root, uri, runs[2]).ensure_prefix())
+    assert legacy not in made and len(set(made)) == 4
+    assert [find_run_backup(store, root, r) for r in runs] == [made[0], made[1], made[3]]
+    assert RunBackup(store, root, uri, runs[0]).ensure_prefix() == made[0]  # a second worker of the run
+    assert [i.uri for i in store.list(legacy)] == [legacy + "gold/old.bin"]

@@ -46,7 +46,7 @@ def gold_files(lake: Path) -> dict[str, bytes]:
 
 def backup_runs(lake: Path) -> list[str]:
     """Run ids owning a backup prefix, oldest first."""
-    markers = sorted((lake / "_backups").glob("backup_*/_pgx_backup.json"))
+    markers = sorted((lake / "_backups").glob("backup_*.claim.json"))
     return [json.loads(m.read_text())["run_id"] for m in markers]
 
 
