@@ -10,7 +10,7 @@ from pathlib import Path
 from pgx_core.progress import Progress
 from pgx_core.worker import EntityOutcome
 from tests.conftest import pgx
-from tests.core.test_reliability import input_table, put_table, write_spec
+from tests.core.lake_helpers import input_table, put_table, write_spec
 
 
 def test_progress_bar_shows_done_total_rate_and_eta() -> None:

@@ -23,7 +23,7 @@ from pgx_core.runner import Runner
 from pgx_core.runspec import load_spec
 from pgx_core.storage import open_store
 from tests.conftest import SUPPORT, pgx
-from tests.core.test_reliability import data_objects, input_table, put_table, summaries
+from tests.core.lake_helpers import data_objects, input_table, put_table, summaries
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 
