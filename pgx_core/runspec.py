@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -41,16 +42,69 @@ class StageParams(CamelModel):
     """Base class of a stage's ``with:`` parameter model. Subclass it in a plugin."""
 
 
+_NO_PARENT = "must not contain a '..' path segment (it would address storage outside the prefix named)"
+
+
+def _has_parent_segment(value: str) -> bool:
+    """True for an ``s3://`` or ``file://`` URI with a ``..`` segment.
+
+    Storage takes URIs literally (a local path is not normalized first), so ``..`` would reach
+    past the prefix the spec names, e.g. out of the lake.
+    """
+    scheme, sep, rest = value.partition("://")
+    return bool(sep) and scheme.lower() in {"s3", "file"} and ".." in rest.split("/")
+
+
 def _check_uri(value: str, what: str) -> str:
     if value.startswith("s3://"):
         if len(value) <= 5 or value[5] == "/":
             raise ValueError(f"{what} must be s3://BUCKET[/PREFIX], got {value!r}")
-        return value
-    if value.startswith("file://"):
+    elif value.startswith("file://"):
         if not value.startswith("file:///"):
             raise ValueError(f"{what} must be an absolute file:///PATH, got {value!r}")
-        return value
-    raise ValueError(f"{what} must start with s3:// or file:///, got {value!r}")
+    else:
+        raise ValueError(f"{what} must start with s3:// or file:///, got {value!r}")
+    if _has_parent_segment(value):
+        raise ValueError(f"{what} {_NO_PARENT}")
+    return value
+
+
+def _parent_segment_problems(value: Any, path: str) -> list[SpecProblem]:
+    """A problem for every URI with a ``..`` segment in ``value``, nested dicts and lists included."""
+    if isinstance(value, str):
+        return [SpecProblem(path, _NO_PARENT)] if _has_parent_segment(value) else []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _parent_segment_problems(v, f"{path}.{k}")]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in _parent_segment_problems(v, f"{path}[{i}]")]
+    return []
+
+
+_ENDPOINT_FORM = "must be an http:// or https:// URL with a host, such as http://minio:9000"
+
+
+def _check_endpoint(value: object) -> str | None:
+    """The endpoint URL if it is ``http(s)://HOST[:PORT][/PATH]`` without credentials.
+
+    Messages never echo the value: it may hold a secret.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(_ENDPOINT_FORM)
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0  # .port raises on a non-numeric port
+    except ValueError:
+        raise ValueError(_ENDPOINT_FORM) from None
+    if "@" in parts.netloc:
+        raise ValueError(
+            "must not contain credentials: credentials come from the standard AWS credential chain only "
+            "(environment, shared config, IRSA)"
+        )
+    if parts.scheme not in {"http", "https"} or not parts.hostname or not port_ok or parts.query or parts.fragment:
+        raise ValueError(_ENDPOINT_FORM)
+    return value
 
 
 class Metadata(CamelModel):
@@ -71,6 +125,9 @@ class S3Settings(CamelModel):
     endpoint_url: str | None = None
     region: str = "us-east-1"
     allow_unsafe_store: bool = False
+
+    # Before pydantic's own type check, whose message would quote the value.
+    _endpoint = field_validator("endpoint_url", mode="before")(_check_endpoint)
 
 
 class Partitions(CamelModel):
@@ -129,7 +186,10 @@ class Spec(CamelModel):
     @field_validator("lake")
     @classmethod
     def _lake(cls, v: str) -> str:
-        return _check_uri(v, "lake").rstrip("/")
+        lake = _check_uri(v, "lake")
+        if lake.startswith("file://") and not [seg for seg in lake[7:].split("/") if seg not in {"", "."}]:
+            raise ValueError("lake must not be the filesystem root; name a directory (file:///data/lake)")
+        return lake.rstrip("/")
 
     @field_validator("state_root", "backup_root")
     @classmethod
@@ -222,8 +282,12 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s'\"]*@")
+
+
 def _found(value: Any) -> str:
-    text = repr(value)
+    # URL credentials are masked: a misplaced value (say an endpoint URL given as ``s3:``) is echoed here.
+    text = _USERINFO.sub("***@", repr(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -248,15 +312,79 @@ def problems_from(err: ValidationError, prefix: str = "") -> list[SpecProblem]:
     return out
 
 
+# A real spec has a few hundred nodes. Past these bounds pydantic, json and error rendering (which
+# walk the document with every alias expanded) would take seconds or exhaust memory.
+MAX_NODES = 100_000
+MAX_DEPTH = 100
+_CHARS_PER_NODE = 100  # a long string counts as one node per 100 characters: ~10 MB of text at most
+
+
+class _Unbounded(Exception):
+    pass
+
+
+def _expanded_size(data: Any) -> int:
+    """Nodes of ``data`` with every YAML alias expanded, up to ``MAX_NODES + 1``.
+
+    PyYAML shares one object for an anchor and its aliases, so sizes are memoized by ``id``: the
+    work is linear in the document as written, however much the aliases multiply it. Raises
+    :class:`_Unbounded` for a collection that contains itself or nesting deeper than ``MAX_DEPTH``.
+    """
+    sizes: dict[int, int] = {}  # id → expanded size; -1 while the collection is being walked
+
+    def size(node: Any, depth: int) -> int:
+        if isinstance(node, str | bytes):
+            return 1 + len(node) // _CHARS_PER_NODE
+        if not isinstance(node, dict | list):
+            return 1
+        known = sizes.get(id(node))
+        if known == -1:
+            raise _Unbounded("contains a recursive alias (a collection that includes itself)")
+        if known is not None:
+            return known
+        if depth > MAX_DEPTH:
+            raise _Unbounded(f"nests deeper than {MAX_DEPTH} levels")
+        sizes[id(node)] = -1
+        total = 1
+        for child in [*node.keys(), *node.values()] if isinstance(node, dict) else node:
+            total += size(child, depth + 1)
+            if total > MAX_NODES:
+                break
+        sizes[id(node)] = total
+        return total
+
+    return size(data, 0)
+
+
 def parse_yaml(text: str, source: str) -> Any:
+    """Parse a spec document; refuse one that would be too large once its aliases are expanded."""
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SpecError(
             source, [SpecProblem("", f"is not valid YAML{where}: {getattr(exc, 'problem', exc)}")]
         ) from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise SpecError(source, [SpecProblem("", f"nests deeper than {MAX_DEPTH} levels")]) from None
+    # The messages name no value: the document may be huge, and its values data or secrets.
+    try:
+        nodes = _expanded_size(data)
+    except _Unbounded as exc:
+        raise SpecError(source, [SpecProblem("", str(exc))]) from None
+    if nodes > MAX_NODES:
+        raise SpecError(
+            source,
+            [
+                SpecProblem(
+                    "",
+                    f"expands to more than {MAX_NODES:,} nodes once its YAML aliases are expanded (a run spec "
+                    "has a few hundred); aliases that multiply content are refused",
+                )
+            ],
+        )
+    return data
 
 
 def validate_document(data: Any, source: str, registry: StageRegistry) -> RunSpec:
@@ -294,6 +422,14 @@ def validate_document(data: Any, source: str, registry: StageRegistry) -> RunSpe
                 params = stage_cls.Params.model_validate(with_block)
             except ValidationError as err:
                 problems.extend(problems_from(err, f"{where}.with"))
+                # The raw block then, so these problems come together with the model's.
+                problems.extend(_parent_segment_problems(with_block, f"{where}.with"))
+                continue
+            # Parameter models belong to plugins (third-party ones too): the core walks what they
+            # parsed, by camelCase key, so no stage can be pointed outside its prefix.
+            parent = _parent_segment_problems(params.model_dump(by_alias=True), f"{where}.with")
+            if parent:
+                problems.extend(parent)
                 continue
             name = raw["name"] if isinstance(raw.get("name"), str) else use
             resolved.append(ResolvedStage(i, name, use, stage_cls, params))

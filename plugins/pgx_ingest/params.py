@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import codecs
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from pgx_core.runspec import StageParams
+from pgx_ingest import parse, repair
 
 DataType = Literal["pharmacy", "medical"]
-
-
-def _check_encoding(v: str | None) -> str | None:
-    if v is not None:
-        try:
-            codecs.lookup(v)
-        except LookupError:
-            raise ValueError(f"must be a Python codec name such as cp1252 or latin-1, got {v!r}") from None
-    return v
 
 
 class IngestParams(StageParams):
@@ -31,7 +22,9 @@ class IngestParams(StageParams):
     quoting: bool = Field(default=False, description="fields may be enclosed in double quotes (the feed is not)")
     max_reject_rate: float = Field(default=0.01, ge=0, le=1, description="a file rejecting more lines fails (exit 2)")
 
-    _enc = field_validator("encoding")(_check_encoding)
+    # The reader's own checks: what validates here is exactly what the parser reads.
+    _enc = field_validator("encoding")(parse.check_encoding)
+    _delim = field_validator("delimiter")(parse.check_delimiter)
 
 
 class ReprocessParams(StageParams):
@@ -43,4 +36,10 @@ class ReprocessParams(StageParams):
     )
     delimiter: str = Field(default="|", min_length=1, max_length=1)
 
-    _enc = field_validator("encoding")(_check_encoding)
+    @field_validator("encoding")
+    @classmethod
+    def _enc(cls, v: str | None) -> str | None:
+        return None if v is None else repair.check_encoding(v)
+
+    # Rejected lines were split by the ingest parser, so the feed's delimiter is one it accepts.
+    _delim = field_validator("delimiter")(parse.check_delimiter)

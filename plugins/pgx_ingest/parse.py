@@ -125,27 +125,51 @@ class _Codec:
         return True
 
 
+_UNSUPPORTED = ("encoding {!r} is not supported: use an ASCII-compatible single-byte encoding (cp1252, latin-1, ...) "
+                "or utf-8")
+# Codecs with escapes in ASCII (raw_unicode_escape, utf-7, hz, idna) would turn this text into other text.
+ESCAPE_PROBE = rb"\u00e9\x41+AOk-~{~}.xn--caf-dma."
+
+
 @cache
 def _codec(encoding: str) -> _Codec:
     """Single-byte ASCII-compatible codecs are checked by byte value; UTF-8 by decoding."""
-    name = codecs.lookup(encoding).name
-    ascii_ok = all(bytes([b]).decode(name, "replace") == chr(b) for b in range(128))
-    if name == "utf-8":
-        return _Codec(name, False, b"", b"")
-    chars = [bytes([b]).decode(name, "replace") for b in range(256)]
-    invalid = bytes(b for b in range(128, 256) if chars[b] == "\ufffd")
-    # A byte that is invalid alone but combines with the next one marks a multi-byte codec.
-    multibyte = any(bytes([b, c]).decode(name, "replace") != chars[b] + chars[c] for b in invalid for c in (0x40, 0xA1))
-    if not ascii_ok or multibyte or any(len(c) != 1 for c in chars):
-        raise ValueError(f"encoding {encoding!r} is not supported: use an ASCII-compatible single-byte "
-                         "encoding (cp1252, latin-1, ...) or utf-8")
+    try:
+        name = codecs.lookup(encoding).name
+        if name == "utf-8":
+            return _Codec(name, False, b"", b"")
+        chars = [bytes([b]).decode(name, "replace") for b in range(256)]
+        invalid = bytes(b for b in range(128, 256) if chars[b] == "\ufffd")
+        # A byte that is invalid alone but combines with the next one marks a multi-byte codec.
+        multibyte = any(bytes([b, c]).decode(name, "replace") != chars[b] + chars[c]
+                        for b in invalid for c in (0x40, 0xA1))
+        escapes = ESCAPE_PROBE.decode(name, "replace") != ESCAPE_PROBE.decode("ascii")
+    except (LookupError, UnicodeError):  # unknown names; codecs that are not bytes → text (rot13, idna)
+        raise ValueError(_UNSUPPORTED.format(encoding)) from None
+    if multibyte or escapes or any(chars[b] != chr(b) for b in range(128)) or any(len(c) != 1 for c in chars):
+        raise ValueError(_UNSUPPORTED.format(encoding))
     return _Codec(name, True, invalid, bytes(b for b in range(256) if b not in invalid))
+
+
+def check_encoding(encoding: str) -> str:
+    """``encoding`` if the parser reads it (utf-8, ASCII-compatible single-byte codecs), else ValueError.
+
+    The one definition of a supported ingest encoding: parameter validation calls it too.
+    """
+    _codec(encoding)
+    return encoding
+
+
+def check_delimiter(delimiter: str) -> str:
+    """``delimiter`` if the parser splits on it (one ASCII character but CR, LF, '"'), else ValueError."""
+    if len(delimiter) != 1 or delimiter in "\r\n\"" or ord(delimiter) >= 128:
+        raise ValueError(f"delimiter must be one ASCII character other than CR, LF and '\"', got {delimiter!r}")
+    return delimiter
 
 
 class _Parser:
     def __init__(self, data_type: str, source_stem: str, encoding: str, delimiter: str, quoting: bool) -> None:
-        if len(delimiter) != 1 or delimiter in "\r\n\"" or ord(delimiter) >= 128:
-            raise ValueError(f"delimiter must be one ASCII character other than CR, LF and '\"', got {delimiter!r}")
+        check_delimiter(delimiter)
         self.codec = _codec(encoding)
         self.data_type = data_type
         self.columns = layout.columns(data_type)

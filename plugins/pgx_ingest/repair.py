@@ -18,7 +18,26 @@ import pyarrow as pa
 from pgx_apcd import layout
 
 from pgx_core.errors import ConservationError
-from pgx_ingest.parse import _NOT_CONTROL, BOM, REJECTS_SCHEMA, bronze_schema
+from pgx_ingest.parse import _NOT_CONTROL, BOM, ESCAPE_PROBE, REJECTS_SCHEMA, bronze_schema
+
+
+def check_encoding(encoding: str) -> str:
+    """``encoding`` if repair can decode rejected lines with it, else ValueError.
+
+    Repair screens a line's bytes for the header and control characters before decoding it, and the
+    ingest parser cut it at LF bytes, so every ASCII byte must stand for itself. Multi-byte codecs
+    (shift_jis, gbk, ...) qualify: a whole line is decoded before it is split.
+    """
+    try:
+        name = codecs.lookup(encoding).name
+        ok = (ESCAPE_PROBE.decode(name) == ESCAPE_PROBE.decode("ascii")
+              and bytes(range(128)).decode(name) == bytes(range(128)).decode("ascii"))
+    except (LookupError, ValueError):  # unknown names, codecs that are not bytes → text, undecodable ASCII
+        ok = False
+    if not ok:
+        raise ValueError(f"encoding {encoding!r} is not supported: use a text encoding in which ASCII bytes "
+                         "stand for themselves (cp1252, latin-1, utf-8, ...)")
+    return encoding
 
 
 def repair_rejects(rejects: pa.Table, *, data_type: str, encoding: str | None, pad_missing_fields: bool,
@@ -29,7 +48,7 @@ def repair_rejects(rejects: pa.Table, *, data_type: str, encoding: str | None, p
     ``_source_file`` and ``_source_line``; ``len(recovered) + len(remaining) == len(rejects)``.
     """
     columns = layout.columns(data_type)
-    enc = codecs.lookup(encoding or "cp1252").name
+    enc = codecs.lookup(check_encoding(encoding or "cp1252")).name
     join_at = None
     if join_extra_fields_into is not None:
         if join_extra_fields_into not in columns:

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from pgx_ingest import plugin as ingest_plugin
 
 from pgx_core.errors import SpecError
+from pgx_core.hookspecs import hookimpl
 from pgx_core.pluginmanager import Plugins, make_plugin_manager
-from pgx_core.runspec import load_spec, validate_document
+from pgx_core.runspec import StageParams, load_spec, parse_yaml, validate_document
+from pgx_core.stage import StageRegistry
 from tests.support import pgx_teststage
+from tests.support.pgx_teststage import CopyTable
 
 
 @pytest.fixture
@@ -121,3 +126,270 @@ def test_select_stages(plugins: Plugins) -> None:
     assert [s.name for s in rs.select(["b"])] == ["b"]
     with pytest.raises(SpecError, match="--stage 'c' is not a stage of this spec"):
         rs.select(["c"])
+
+
+# ---- a spec cannot reach outside the lake or exhaust the process --------------------------------
+
+
+class NestedParams(StageParams):
+    """Parameters of a stand-in third-party stage: URIs nested in dicts and lists."""
+
+    sources: dict[str, list[str]] = {}
+    note: str = ""
+
+
+class NestedStage(CopyTable):
+    type_name = "nested-uris"
+    Params = NestedParams  # type: ignore[assignment]
+
+
+class NestedPlugin:
+    @hookimpl
+    def pgx_register_stages(self, registry: StageRegistry) -> None:
+        registry.register(NestedStage)
+
+
+@pytest.fixture
+def more_plugins() -> Plugins:
+    return make_plugin_manager(
+        [("teststage", pgx_teststage), ("nested", NestedPlugin()), ("ingest", ingest_plugin)], entrypoints=False
+    )
+
+
+def problems(exc: pytest.ExceptionInfo[SpecError]) -> dict[str, str]:
+    return {p.path: p.message for p in exc.value.problems}
+
+
+NO_PARENT = "must not contain a '..' path segment (it would address storage outside the prefix named)"
+
+
+def test_parent_segments_are_refused_in_roots_and_stage_uris(more_plugins: Plugins) -> None:
+    bad = doc(
+        lake="s3://pgxdatalake/..",
+        stateRoot="file:///srv/state/../../etc",
+        backupRoot="s3://backups/a/../b/",
+        stages=[
+            {
+                "use": "copy-table",
+                "with": {"input": "file:///tmp/lake/raw/../../../home/", "fail": ["ok", "s3://b/x/.."]},
+            },
+            {"use": "nested-uris", "with": {"sources": {"main": ["s3://b/./ok/", "file:///d/../x"]}, "note": "a/../b"}},
+        ],
+    )
+    with pytest.raises(SpecError) as err:
+        validate_document(bad, "x", more_plugins.registry)
+    got = problems(err)
+    assert set(got) == {
+        "spec.lake",
+        "spec.stateRoot",
+        "spec.backupRoot",
+        "spec.stages[0].with.input",
+        "spec.stages[0].with.fail[1]",
+        "spec.stages[1].with.sources.main[1]",
+    }
+    assert got["spec.lake"] == f"lake {NO_PARENT}"
+    assert got["spec.stateRoot"] == f"URI {NO_PARENT}"
+    assert got["spec.stages[1].with.sources.main[1]"] == NO_PARENT
+    # '.' segments, '..' inside a name and strings that are not URIs are harmless.
+    fine = doc(
+        lake="file:///tmp/./lake",
+        stages=[{"use": "nested-uris", "with": {"sources": {"a": ["s3://b/x..y/..z/", "../relative"]}}}],
+    )
+    assert validate_document(fine, "x", more_plugins.registry).spec.lake == "file:///tmp/./lake"
+
+
+def test_parent_segments_are_reported_even_when_the_stage_block_is_otherwise_invalid(more_plugins: Plugins) -> None:
+    bad = doc(stages=[{"use": "copy-table", "with": {"input": "s3://b/../c", "delaySec": "slow"}}])
+    with pytest.raises(SpecError) as err:
+        validate_document(bad, "x", more_plugins.registry)
+    assert set(problems(err)) == {"spec.stages[0].with.input", "spec.stages[0].with.delaySec"}
+
+
+@pytest.mark.parametrize("lake", ["file:///", "file:////", "file:///.", "file:///./", "file:///./."])
+def test_filesystem_root_is_not_a_lake(plugins: Plugins, lake: str) -> None:
+    with pytest.raises(SpecError) as err:
+        validate_document(doc(lake=lake), "x", plugins.registry)
+    assert problems(err) == {"spec.lake": "lake must not be the filesystem root; name a directory (file:///data/lake)"}
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """A spec whose ``fail`` list expands to 10**levels strings through nested aliases."""
+    lines = ["x-lol0: &l0 [" + ", ".join(['"lolpayload"'] * 10) + "]"]
+    lines += [f"x-lol{k}: &l{k} [" + ", ".join([f"*l{k - 1}"] * 10) + "]" for k in range(1, levels)]
+    return (
+        "\n".join(lines)
+        + f"""
+apiVersion: pgx.io/v1alpha1
+kind: PipelineRun
+metadata: {{name: bomb}}
+spec:
+  lake: file:///tmp/lake
+  stages:
+    - use: copy-table
+      with: {{fail: *l{levels - 1}}}
+"""
+    )
+
+
+def test_alias_bomb_fails_fast_without_echoing_the_payload(plugins: Plugins, tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(billion_laughs())
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as err:
+        load_spec(path, plugins.registry)
+    assert time.perf_counter() - start < 1.0
+    assert problems(err) == {
+        "": "expands to more than 100,000 nodes once its YAML aliases are expanded (a run spec has a few "
+        "hundred); aliases that multiply content are refused"
+    }
+    assert "lolpayload" not in str(err.value)
+    assert len(str(err.value)) < 400
+
+
+def test_recursive_alias_and_deep_nesting_are_refused(plugins: Plugins) -> None:
+    with pytest.raises(SpecError, match="contains a recursive alias"):
+        parse_yaml("x-loop: &a [*a]\nspec: {}\n", "x")
+    with pytest.raises(SpecError, match="nests deeper than"):
+        parse_yaml("[" * 1000 + "]" * 1000, "x")  # deeper than PyYAML can recurse
+    with pytest.raises(SpecError, match="nests deeper than"):
+        parse_yaml("[" * 150 + "]" * 150, "x")
+
+
+def test_ordinary_anchors_and_aliases_still_work(plugins: Plugins, tmp_path: Path) -> None:
+    path = tmp_path / "anchors.yaml"
+    path.write_text(
+        """\
+apiVersion: pgx.io/v1alpha1
+kind: PipelineRun
+metadata: {name: anchors}
+spec:
+  lake: &lake file:///tmp/lake
+  backupRoot: file:///tmp/backups/
+  stages:
+    - use: copy-table
+      name: a
+      with: &common {zone: silver, fail: &skip [e1, e2], delaySec: 0}
+    - use: copy-table
+      name: b
+      with: {<<: *common, loseRows: *skip}
+"""
+    )
+    rs = load_spec(path, plugins.registry)
+    assert rs.spec.lake == "file:///tmp/lake"
+    b = rs.stages[1].params.model_dump()
+    assert b["zone"] == "silver" and b["fail"] == ["e1", "e2"] and b["lose_rows"] == ["e1", "e2"]
+    # The expanded size counts every alias, but stays far below the bound for a real spec.
+    assert parse_yaml(billion_laughs(levels=4), "x")["spec"]["stages"][0]["with"]["fail"][9][9][9][9] == "lolpayload"
+
+
+@pytest.mark.parametrize(
+    ("use", "key", "value"),
+    [
+        ("ingest", "delimiter", '"'),
+        ("ingest", "delimiter", "\n"),
+        ("ingest", "delimiter", "\u00a6"),
+        ("ingest", "encoding", "utf-16"),
+        ("ingest", "encoding", "shift_jis"),
+        ("ingest", "encoding", "rot13"),
+        ("ingest", "encoding", "idna"),
+        ("ingest", "encoding", "no-such-codec"),
+        ("reprocess", "delimiter", '"'),
+        ("reprocess", "encoding", "utf-16"),
+        ("reprocess", "encoding", "cp037"),
+        ("reprocess", "encoding", "rot13"),
+        ("reprocess", "encoding", "no-such-codec"),
+    ],
+)
+def test_ingest_and_reprocess_refuse_what_their_readers_cannot_read(
+    more_plugins: Plugins, use: str, key: str, value: str
+) -> None:
+    bad = doc(stages=[{"use": use, "with": {"dataType": "pharmacy", key: value}}])
+    with pytest.raises(SpecError) as err:
+        validate_document(bad, "x", more_plugins.registry)
+    assert set(problems(err)) == {f"spec.stages[0].with.{key}"}
+
+
+@pytest.mark.parametrize(
+    ("use", "key", "value"),
+    [
+        ("ingest", "delimiter", ","),
+        ("ingest", "delimiter", "\t"),
+        ("ingest", "encoding", "latin-1"),
+        ("ingest", "encoding", "utf-8"),
+        ("reprocess", "encoding", "latin-1"),
+        ("reprocess", "encoding", "shift_jis"),  # repair decodes a whole line before splitting it
+        ("reprocess", "delimiter", ";"),
+    ],
+)
+def test_ingest_and_reprocess_accept_what_their_readers_read(
+    more_plugins: Plugins, use: str, key: str, value: str
+) -> None:
+    ok = doc(stages=[{"use": use, "with": {"dataType": "pharmacy", key: value}}])
+    assert validate_document(ok, "x", more_plugins.registry).stages[0].use == use
+
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"  # noqa: S105 - a made-up key that must never be echoed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"http://minio:{SECRET}@minio:9000", f"https://AKIA:{SECRET}@s3.example.com", f"ftp://u:{SECRET}@minio"],
+)
+def test_credentials_in_the_endpoint_are_refused_without_echo(plugins: Plugins, url: str) -> None:
+    with pytest.raises(SpecError) as err:
+        validate_document(doc(s3={"endpointUrl": url}), "x", plugins.registry)
+    assert problems(err) == {
+        "spec.s3.endpointUrl": "must not contain credentials: credentials come from the standard AWS credential "
+        "chain only (environment, shared config, IRSA)"
+    }
+    assert SECRET not in str(err.value) and "minio:" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["minio:9000", "ftp://minio", "http://", "http://:9000", "http://minio:port", 42])
+def test_endpoint_must_be_an_http_url_with_a_host(plugins: Plugins, url: object) -> None:
+    with pytest.raises(SpecError) as err:
+        validate_document(doc(s3={"endpointUrl": url}), "x", plugins.registry)
+    assert problems(err) == {
+        "spec.s3.endpointUrl": "must be an http:// or https:// URL with a host, such as http://minio:9000"
+    }
+
+
+def test_good_endpoints_are_kept(plugins: Plugins) -> None:
+    for url in ("http://minio:9000", "https://s3.us-east-1.amazonaws.com", "http://127.0.0.1:5000/", None):
+        rs = validate_document(doc(s3={"endpointUrl": url}), "x", plugins.registry)
+        assert rs.spec.s3.endpoint_url == url
+
+
+def test_all_containment_problems_are_reported_at_once(more_plugins: Plugins, tmp_path: Path) -> None:
+    path = tmp_path / "many.yaml"
+    path.write_text(
+        f"""\
+apiVersion: pgx.io/v1alpha1
+kind: PipelineRun
+metadata: {{name: many}}
+spec:
+  lake: file:///
+  backupRoot: s3://backups/../other/
+  s3: {{endpointUrl: "http://user:{SECRET}@minio:9000"}}
+  executor: {{type: spark}}
+  stages:
+    - use: ingest
+      with: &w {{dataType: pharmacy, input: "file:///data/raw/../../etc/", delimiter: '"'}}
+    - use: reprocess
+      with: {{dataType: medical, encoding: utf-16}}
+"""
+    )
+    with pytest.raises(SpecError) as err:
+        load_spec(path, more_plugins.registry)
+    assert set(problems(err)) == {
+        "spec.lake",
+        "spec.backupRoot",
+        "spec.s3.endpointUrl",
+        "spec.executor.type",
+        "spec.stages[0].with.input",
+        "spec.stages[0].with.delimiter",
+        "spec.stages[1].with.encoding",
+    }
+    assert "filesystem root" in problems(err)["spec.lake"]
+    assert SECRET not in str(err.value)
+    assert str(err.value).startswith(f"Invalid run spec {path}: 7 problems")

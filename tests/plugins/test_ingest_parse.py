@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from pgx_apcd import layout
 from pgx_apcd.sample import SampleManifest, generate
 from pgx_ingest import parse
+from pgx_ingest.params import IngestParams
 from pgx_ingest.parse import REJECTS_SCHEMA, IngestResult, bronze_schema, ingest_stream
+from pydantic import ValidationError
 
 from pgx_core.errors import ConservationError
 
@@ -393,3 +395,42 @@ def test_property_conservation_and_reference(lines: list[bytes], endings: list[b
     data = (BOM if bom else b"") + HEADER + endings[-1] + body
     data = (data[: -len(endings[len(lines) - 1])] if lines and not final else data) + final
     check_against_reference(data, block_bytes=block)
+
+
+# ---- parameters accept exactly what the parser reads --------------------------------------------
+
+ENCODINGS = ["cp1252", "latin-1", "utf-8", "ascii", "koi8-r", "utf_8_sig", "utf-16", "utf-32", "cp037", "shift_jis",
+             "iso2022_jp", "utf-7", "rot13", "base64", "idna", "punycode", "undefined", "no-such-codec"]
+DELIMITERS = ["|", ",", "\t", ";", '"', "\n", "\r", "\u00a6", "é"]
+
+
+def parser_reads(**kw: str) -> bool:
+    try:
+        run(HEADER + b"\n" + row(1) + b"\n", **kw)
+    except ValueError:
+        return False
+    return True
+
+
+def params_accept(**kw: str) -> bool:
+    try:
+        IngestParams.model_validate({"dataType": RX, **kw})
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_ingest_params_accept_exactly_the_encodings_the_parser_reads(encoding: str) -> None:
+    assert params_accept(encoding=encoding) == parser_reads(encoding=encoding)
+
+
+@pytest.mark.parametrize("delimiter", DELIMITERS)
+def test_ingest_params_accept_exactly_the_delimiters_the_parser_reads(delimiter: str) -> None:
+    assert params_accept(delimiter=delimiter) == parser_reads(delimiter=delimiter)
+
+
+def test_unknown_and_non_text_codecs_are_refused_with_the_parser_message() -> None:
+    for encoding in ("rot13", "idna", "raw_unicode_escape", "no-such-codec"):
+        with pytest.raises(ValueError, match=f"encoding '{encoding}' is not supported"):
+            run(HEADER + b"\n", encoding=encoding)
