@@ -8,7 +8,8 @@
     ├── PluginError               64  a plugin failed to load, or a stage type is unknown/duplicated
     ├── HookError                  1  a lifecycle hook that may veto (before_run/before_stage) raised
     ├── DataError                  2  a data gate failed; never retried
-    │   └── ConservationError      2  rows in != rows out + quarantined (+ out of scope)
+    │   ├── ConservationError      2  rows in != rows out + quarantined (+ out of scope)
+    │   └── NoInput                2  a stage found no input object where it looked
     ├── ConflictError              3  another live run holds the entity's lease
     ├── TransientError            75  storage/cluster unavailable; retried with backoff first
     │   └── InterruptedRun        75  SIGTERM/SIGINT arrived; the run stopped cleanly
@@ -80,6 +81,11 @@ class DataError(PgxError):
 
 class ConservationError(DataError):
     pass
+
+
+class NoInput(DataError):
+    """A stage found no input object at all where it looked: it changes nothing (no input never
+    deletes output). The message names the location searched."""
 
 
 class ConflictError(PgxError):

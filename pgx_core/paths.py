@@ -6,6 +6,7 @@ trailing ``/`` for prefixes and without one for objects.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 
@@ -52,6 +53,17 @@ def zone_root(zone: str, lake: str | None = None) -> str:
 def partition_dir(age_band: str, event_year: int | str) -> str:
     """Hive partition directories; the band keeps its hyphen (``age_band=65-74/event_year=2019``)."""
     return f"age_band={age_band}/event_year={event_year}"
+
+
+_PARTITION_KEY = re.compile(r"age_band=(?P<band>[^/=]+)/event_year=(?P<year>\d{4})/(?P<name>[^/]+)")
+
+
+def partition_of(relative_key: str, file_name: str) -> tuple[str, int] | None:
+    """``(age_band, event_year)`` of ``age_band=<band>/event_year=<year>/<file_name>``, else None."""
+    m = _PARTITION_KEY.fullmatch(relative_key)
+    if m is None or m.group("name") != file_name:
+        return None
+    return m.group("band"), int(m.group("year"))
 
 
 def build_zone_path(  # noqa: PLR0917 - the signature is the team's existing public API (SPEC §3)
@@ -176,7 +188,47 @@ def lake_key(lake: str) -> str:
 
 def safe_id(*parts: str) -> str:
     """Join entity id parts with ``__``, mapping characters unsafe in object keys to ``_``."""
-    return "__".join(re.sub(r"[^A-Za-z0-9=._-]+", "_", p) for p in parts)
+    return "__".join(re.sub(r"[^A-Za-z0-9=._~-]+", "_", p) for p in parts)
+
+
+_PLAIN_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
+# A plain stem must not end like the objects bronze keeps beside a source's own (x.repro.parquet).
+_RESERVED_ENDINGS = (".repro", ".rejects")
+_CANONICAL_SUFFIX = ".txt"
+
+
+def source_stems(uris: list[str], lake: str) -> dict[str, str]:
+    """The stem each source object is known by (entity id, bronze and rejects names), injectively.
+
+    A source keeps its plain stem (file name without extension) when the stem is safe —
+    ``[A-Za-z0-9][A-Za-z0-9._-]*``, at most 120 characters, not ending in ``.repro`` or ``.rejects``
+    (bronze's names for a source's recovered rows and rejects) — and no other source has the same stem
+    in any letter case; among sources sharing a stem, the one named ``<stem>.txt`` keeps it. Every
+    other source is known as ``<stem with unsafe runs as _>~<8 hex>``, the hex being the start of
+    the SHA-256 of its key relative to the lake (its full URI when outside the lake): stable across
+    runs, and distinct from every plain stem since those never contain ``~``.
+
+    ``x.txt`` + ``x.csv`` → ``x``, ``x~1f2e3d4c``; ``a b.txt`` + ``a_b.txt`` → ``a_b~…``, ``a_b``.
+    """
+    groups: dict[str, list[str]] = {}
+    for uri in uris:
+        groups.setdefault(stem(uri).casefold(), []).append(uri)
+    out: dict[str, str] = {}
+    for members in groups.values():
+        canonical = [u for u in members if u.rsplit("/", 1)[-1] == stem(u) + _CANONICAL_SUFFIX]
+        for uri in members:
+            own = stem(uri)
+            plain = _PLAIN_STEM.fullmatch(own) is not None and not own.lower().endswith(_RESERVED_ENDINGS)
+            keeps = plain and (len(members) == 1 or canonical == [uri])
+            out[uri] = own if keeps else _digested_stem(uri, lake)
+    return out
+
+
+def _digested_stem(uri: str, lake: str) -> str:
+    root = _root(lake) + "/"
+    key = uri[len(root) :] if uri.startswith(root) else uri
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem(uri)).lstrip("._")[:80] or "file"
+    return f"{base}~{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def state_prefix(state_root: str, pipeline: str, entity: str | None = None) -> str:

@@ -82,6 +82,8 @@ class Runner:
         self.executor_kind = executor or spec.spec.executor.type
         self.run_id = run_id or clock.run_id_from_env() or clock.new_run_id()
         lim = limit if limit is not None else spec.spec.limit
+        if lim is not None and lim < 1:
+            raise UsageError(f"--limit must be a positive number of entities, got {lim}")
         self.run = RunInfo.from_spec(spec.spec, self.run_id, spec.name)
         if lim != self.run.limit:
             self.run = RunInfo(**{**self.run.__dict__, "limit": lim})
@@ -130,6 +132,7 @@ class Runner:
     def plan_stage(self, rs: ResolvedStage) -> StagePlan:
         stage = self._stage(rs)
         entities = stage.plan()
+        _check_unique(rs.name, [self.state_entity(e) for e in entities])
         if self.run.limit is not None:
             entities = entities[: self.run.limit]
         config_fp = stage.config_fingerprint()
@@ -368,6 +371,21 @@ def _lost(task: EntityTask, exc: BaseException) -> EntityOutcome:
         ExitCode.TRANSIENT,
         error=f"work item lost: {type(exc).__name__}: {scrub(str(exc))}",
     )
+
+
+def _check_unique(stage: str, state_entities: list[str]) -> None:
+    """Two entities sharing a state folder would share outputs too: one would silently win.
+
+    Compared case-insensitively: on a case-insensitive disk (a laptop's lake) they would share it.
+    """
+    seen: dict[str, str] = {}
+    for se in state_entities:
+        if se.casefold() in seen:
+            raise PgxError(
+                f"Stage {stage} planned entities {seen[se.casefold()]} and {se}, which would share one state "
+                "folder: entity ids must differ in more than letter case"
+            )
+        seen[se.casefold()] = se
 
 
 def _config_fp(stage_fp: str, entity: Entity) -> str:

@@ -17,18 +17,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pgx_core import paths
-from pgx_core.errors import ConservationError, PluginError
+from pgx_core.errors import ConservationError, DataError, NoInput, PluginError
+from pgx_core.log import get_logger
 from pgx_core.promote import HashingWriter
-from pgx_core.runspec import StageParams, canonical_json
+from pgx_core.runspec import AGE_BANDS, StageParams, canonical_json
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from pgx_core.executor import StopFlag
     from pgx_core.runspec import Spec
-    from pgx_core.storage import ObjectStore, StoreConfig
+    from pgx_core.storage import ObjectInfo, ObjectStore, StoreConfig
 
 P = TypeVar("P", bound=StageParams)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -269,3 +271,42 @@ class StageRegistry:
 
     def items(self) -> list[tuple[str, type[Stage[Any]]]]:
         return sorted(self._stages.items())
+
+
+def scan_partitions(store: ObjectStore, prefix: str, file_name: str, what: str) -> dict[tuple[str, int], ObjectInfo]:
+    """The partition objects under ``prefix`` by ``(age_band, event_year)``: the objects at
+    ``age_band=<band>/event_year=<year>/<file_name>``, for the age bands pgx knows.
+
+    A stage reading a zone never ignores what it finds there in silence: no object at all is
+    :class:`NoInput` (naming ``prefix``); objects of which none is in that layout is a
+    :class:`DataError` naming the layout and one of them; objects outside the layout beside
+    readable ones are logged (how many, and one of them), never read. ``what`` names the reader.
+    """
+    found: dict[tuple[str, int], ObjectInfo] = {}
+    odd: list[str] = []
+    for info in store.list(prefix):
+        rel = paths.relative(info.uri, prefix)
+        part = paths.partition_of(rel, file_name)
+        if part is not None and part[0] in AGE_BANDS:
+            found[part] = info
+        elif not rel.endswith("/"):  # a directory marker some tools write: not an object
+            odd.append(rel)
+    layout = f"age_band=<band>/event_year=<year>/{file_name}"
+    if not found and not odd:
+        raise NoInput(f"{what} found no object under {prefix}")
+    if not found:
+        raise DataError(
+            f"{what} found {len(odd)} objects under {prefix} but none in the layout it reads ({layout}), e.g. {odd[0]}"
+        )
+    if odd:
+        log.warning(
+            "objects outside the partition layout are not read",
+            extra={
+                "event": "objects_not_read",
+                "prefix": prefix,
+                "layout": layout,
+                "count": len(odd),
+                "example": odd[0],
+            },
+        )
+    return found

@@ -62,7 +62,7 @@ from pgx_core.errors import ConservationError, DataError, InterruptedRun, Object
 from pgx_core.parquet import MB, ROW_GROUP_ROWS
 from pgx_core.parquet import FixedRowGroupWriter as GoldWriter
 from pgx_core.runspec import Spec, StageParams, canonical_json
-from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
+from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
 from pgx_core.state import produced_checksum
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
 
@@ -389,13 +389,13 @@ class _CleanStage(Stage[CP], Generic[CP]):
         ds = self.dataset
         lake = self.silver_lake()
         prefix = paths.build_zone_path("silver", ds, lake=lake)
-        objects = {info.uri: info for info in self.store_for(prefix).list(prefix)}
+        objects = scan_partitions(self.store_for(prefix), prefix, f"{ds}_data.parquet", f"{self.type_name} (silver)")
         state_store = self.store_for(self.run.state_root)
         entities = []
         for band in self.run.age_bands:
             for year in self.run.years:
                 silver = paths.silver_object(lake, ds, band, year)
-                info = objects.get(silver)
+                info = objects.get((band, year))
                 if info is None:
                     continue  # no silver for this cell: nothing to clean, any old gold is left alone
                 entity_id = paths.safe_id(ds, f"age_band={band}", f"event_year={year}")

@@ -32,8 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pgx_apcd.layout import AGE_BANDS, DATA_TYPES
 
-from pgx_core import paths
-from pgx_core.errors import ConservationError
+from pgx_core import failpoints, paths
+from pgx_core.errors import ConservationError, NoInput
 from pgx_core.log import get_logger
 from pgx_core.parquet import MB, ROW_GROUP_ROWS, FixedRowGroupWriter
 from pgx_core.stage import Entity, EntityResult, Output, RunInfo, Stage, WorkContext
@@ -97,6 +97,7 @@ def _store(config: StoreConfig, uri: str) -> ObjectStore:
 
 def shuffle(item: ShuffleItem) -> dict[str, Any]:
     """Order one range of a bronze object by bucket; one record batch per bucket. Returns the index."""
+    failpoints.hit("impute_shuffle")
     store = _store(item.run.store_config, item.uri)
     with store.open_input(item.uri) as f:
         table = pq.ParquetFile(f).read_row_groups(list(item.row_groups))
@@ -194,6 +195,10 @@ class ImputeStage(Stage[ImputeParams]):
 
     def plan(self) -> list[Entity]:
         objects = self.bronze_objects()
+        # Global imputation over nothing would plan every partition empty, and so delete silver.
+        missing = [self._input_pattern(dt) for dt in DATA_TYPES if not any(o[0] == dt for o in objects)]
+        if missing:
+            raise NoInput(f"impute found no bronze Parquet object under {' nor under '.join(missing)}")
         digest = hashlib.sha256()
         for dt, uri, size, etag in objects:
             digest.update(f"{dt}|{uri}|{size}|{etag}\n".encode())

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pgx_apcd import layout
 
 from pgx_core import paths
-from pgx_core.errors import UsageError
+from pgx_core.errors import NoInput, UsageError
 from pgx_core.parquet import MB, row_parquet_options
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
 from pgx_core.state import produced_checksum
@@ -37,12 +37,17 @@ def block_bytes(memory_budget_mb: int) -> int:
 
 
 def list_inputs(stage: Stage[Any], pattern: str) -> list[tuple[str, str, int]]:
-    """``(uri, etag, size)`` of raw files matching a prefix or a glob, sorted."""
+    """``(uri, etag, size)`` of the raw files ingest reads under a prefix or glob, sorted.
+
+    Raw files are objects whose name ends in ``.txt`` or ``.csv`` in any letter case and does not
+    start with ``.`` (hidden files: editors' and upload tools' temporaries); under a prefix, every
+    such object below it, sub-folders included; with a glob, those the glob matches.
+    """
     prefix, glob = paths.split_glob(pattern)
     store = stage.store_for(prefix)
     out = []
     for info in store.list(prefix):
-        if not paths.is_raw_text(info.uri):
+        if not paths.is_raw_text(info.uri) or info.uri.rsplit("/", 1)[-1].startswith("."):
             continue
         if glob is not None and not fnmatch.fnmatchcase(info.uri, glob):
             continue
@@ -88,9 +93,14 @@ class IngestStage(Stage[IngestParams]):
     def plan(self) -> list[Entity]:
         p = self.params
         pattern = p.input or paths.raw_prefix(self.run.lake, p.data_type)
+        found = list_inputs(self, pattern)
+        if not found:
+            raise NoInput(f"ingest of {p.data_type} found no raw .txt or .csv file under {pattern}")
+        # Two sources never share a stem, hence never an entity, a bronze object or a state folder.
+        stems = paths.source_stems([uri for uri, _, _ in found], self.run.lake)
         entities = []
-        for uri, etag, size in list_inputs(self, pattern):
-            stem = paths.stem(uri)
+        for uri, etag, size in found:
+            stem = stems[uri]
             entities.append(
                 Entity(
                     id=paths.safe_id(p.data_type, stem),

@@ -54,7 +54,7 @@ from pgx_core import paths
 from pgx_core.errors import ConflictError
 from pgx_core.parquet import MB, PARQUET_OPTS
 from pgx_core.runspec import Spec, canonical_json
-from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
+from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
 from pgx_target_frequency.params import TargetFrequencyParams
 from pgx_target_frequency.rules import (
@@ -210,12 +210,12 @@ class TargetFrequencyStage(Stage[TargetFrequencyParams]):
     # --- driver -------------------------------------------------------------------------------
     def plan(self) -> list[Entity]:
         run = self.run
-        store = self.store_for(run.lake)
-        live = {i.uri: i for i in store.list(paths.build_zone_path("gold", "medical", lake=run.lake))}
+        prefix = paths.build_zone_path("gold", "medical", lake=run.lake)
+        live = scan_partitions(self.store_for(prefix), prefix, "medical_data.parquet", f"{self.type_name} (gold)")
         parts: list[dict[str, Any]] = []
         for year in run.years:
-            for band in run.age_bands:  # §3 band order: the report's order
-                info = live.get(paths.gold_object(run.lake, "medical", band, year))
+            for band in run.age_bands:  # the layout's band order: the report's order
+                info = live.get((band, year))
                 if info is not None:
                     parts.append(
                         {"uri": info.uri, "event_year": year, "age_band": band, "etag": info.etag, "size": info.size}

@@ -67,12 +67,12 @@ from pgx_apcd.layout import ICD_DIAGNOSIS_COLUMNS, PROCEDURE_COLUMNS
 from pgx_clean.rules import DrugMap
 
 from pgx_core import paths
-from pgx_core.errors import ConflictError, DataError
+from pgx_core.errors import ConflictError, DataError, NoInput
 from pgx_core.parquet import MB, row_parquet_options
 from pgx_core.runspec import Spec, canonical_json
-from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
+from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
 from pgx_core.state import OutputRecord, PipelineState, StateStore
-from pgx_core.storage import ObjectStore, StoreConfig
+from pgx_core.storage import ObjectInfo, ObjectStore, StoreConfig
 from pgx_update_codes.params import (
     UpdateCodesParams,
     load_code_map_uri,
@@ -207,6 +207,14 @@ class UpdateCodesStage(Stage[UpdateCodesParams]):
         keys = ("targetMap", "procedureMap") if dataset == "medical" else ("drugMap",)
         return {"dataset": dataset, **{k: fps[k] for k in keys}}
 
+    def _gold_partitions(self, store: ObjectStore, dataset: str) -> dict[tuple[str, int], ObjectInfo]:
+        """One dataset's gold objects by partition; none is fine as long as another dataset has some."""
+        try:
+            prefix = paths.build_zone_path("gold", dataset, lake=self.run.lake)
+            return scan_partitions(store, prefix, f"{dataset}_data.parquet", f"{self.type_name} (gold {dataset})")
+        except NoInput:
+            return {}
+
     def plan(self) -> list[Entity]:
         p, run = self.params, self.run
         fps = self._map_fingerprints()
@@ -215,6 +223,10 @@ class UpdateCodesStage(Stage[UpdateCodesParams]):
         ours = StateStore(state_store, run.state_root, self.script_name)
         years = p.years or list(run.years)
         bands = p.age_bands or list(run.age_bands)
+        live_by_dataset = {ds: self._gold_partitions(lake_store, ds) for ds in p.datasets}
+        if not any(live_by_dataset.values()):
+            where = " nor under ".join(paths.build_zone_path("gold", ds, lake=run.lake) for ds in p.datasets)
+            raise NoInput(f"{self.type_name} found no gold object under {where}")
         entities: list[Entity] = []
         for dataset in p.datasets:
             maps = self._config_extra(dataset, fps)
@@ -223,11 +235,11 @@ class UpdateCodesStage(Stage[UpdateCodesParams]):
             blob = canonical_json({**maps, "stage": self.type_name, "version": self.version})
             extra = "pass2:sha256:" + hashlib.sha256(blob.encode()).hexdigest()
             cleans = StateStore(state_store, run.state_root, CLEAN_PIPELINES[dataset])
-            live = {i.uri: i for i in lake_store.list(paths.build_zone_path("gold", dataset, lake=run.lake))}
+            live = live_by_dataset[dataset]
             for year in years:
                 for band in bands:
                     uri = paths.gold_object(run.lake, dataset, band, year)
-                    info = live.get(uri)
+                    info = live.get((band, year))
                     if info is None:
                         continue  # no gold partition: nothing to normalize
                     eid = entity_id(dataset, band, year)

@@ -183,3 +183,30 @@ def test_runs_and_backup_calls_in_one_second_keep_their_own_prefixes(
     assert [find_run_backup(store, root, r) for r in runs] == [made[0], made[1], made[3]]
     assert RunBackup(store, root, uri, runs[0]).ensure_prefix() == made[0]  # a second worker of the run
     assert [i.uri for i in store.list(legacy)] == [legacy + "gold/old.bin"]
+
+
+def test_a_stage_planning_two_entities_with_one_state_folder_is_an_error(tmp_path: Path, teststage: Path) -> None:
+    from tests.conftest import run_spec
+
+    lake = tmp_path / "lake"
+    store = open_store(lake.as_uri())
+    # copy-table names its entities by file stem: x.parquet and X.parquet collide once case is lost.
+    for name in ("x", "X"):
+        put_table(store, paths.join(lake.as_uri(), "input", f"{name}.parquet"), input_table(3))
+    code, runner = run_spec(write_spec(tmp_path, lake.as_uri(), StoreConfig()))
+    assert code == 1
+    [doc] = [json.loads(store.read_bytes(u)) for u in runner.summaries]
+    assert "would share one state folder" in doc["error"] and doc["totals"]["completed"] == 0
+    assert not (lake / "gold").exists()
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_a_limit_below_one_is_a_usage_error(limit: str, tmp_path: Path, teststage: Path) -> None:
+    from tests.conftest import pgx
+
+    lake = tmp_path / "lake"
+    put_table(open_store(lake.as_uri()), paths.join(lake.as_uri(), "input", "p.parquet"), input_table(3))
+    proc = pgx("run", str(write_spec(tmp_path, lake.as_uri(), StoreConfig())), "--limit", limit)
+    assert proc.returncode == 64, proc.stderr[-500:]
+    assert f"--limit must be a positive number of entities, got {limit}" in proc.stderr
+    assert not (lake / "gold").exists()

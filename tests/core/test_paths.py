@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pgx_core import paths
 
@@ -125,3 +129,38 @@ def test_split_glob() -> None:
         "file:///l/bronze/medical/",
         "file:///l/bronze/medical/*.parquet",
     )
+
+
+HOSTILE = ["x.txt", "x.csv", "y.txt", "y.TXT", "a b.txt", "a_b.txt", "Q1.txt", "q1.txt", "sub/x.txt", "z.repro.txt"]
+
+
+def test_source_stems_are_injective_and_keep_plain_unique_names() -> None:
+    lake = "s3://b/lake"
+    uris = [f"{lake}/raw/pharmacy/{n}" for n in [*HOSTILE, "Genomic_Screening_All_RX_Claims_Q12016.txt", "w.csv"]]
+    stems = paths.source_stems(uris, lake)
+    assert len(set(stems.values())) == len(uris)
+    assert len({s.casefold() for s in stems.values()}) == len(uris)  # even on a case-insensitive disk
+    by_name = {u.removeprefix(f"{lake}/raw/pharmacy/"): s for u, s in stems.items()}
+    # Plain, safe, unique stems are kept; in a group sharing a stem, <stem>.txt keeps it.
+    assert by_name["Genomic_Screening_All_RX_Claims_Q12016.txt"] == "Genomic_Screening_All_RX_Claims_Q12016"
+    assert by_name["w.csv"] == "w"
+    assert by_name["y.txt"] == "y" and by_name["a_b.txt"] == "a_b"
+    for name in ["x.txt", "x.csv", "sub/x.txt", "y.TXT", "a b.txt", "Q1.txt", "q1.txt", "z.repro.txt"]:
+        assert "~" in by_name[name], name  # digested: never a plain stem
+    assert by_name["a b.txt"].startswith("a_b~") and by_name["z.repro.txt"].startswith("z.repro~")
+    # Stable: the same names whatever the order or the lake's location (keys relative to the lake).
+    moved = "file:///data/elsewhere"
+    again = paths.source_stems([u.replace(lake, moved) for u in reversed(uris)], moved)
+    assert {u.replace(lake, moved): s for u, s in stems.items()} == again
+
+
+@given(
+    st.lists(st.sampled_from(["x", "X", "a b", "a_b", "a-b", ".h", "q.repro", "é", "n" * 130]), max_size=6),
+    st.lists(st.sampled_from(["txt", "TXT", "csv", "Csv"]), min_size=6, max_size=6),
+    st.lists(st.sampled_from(["", "sub/"]), min_size=6, max_size=6),
+)
+def test_source_stems_injective_for_any_names(names: list[str], exts: list[str], dirs: list[str]) -> None:
+    uris = sorted({f"file:///l/raw/medical/{d}{n}.{e}" for n, e, d in zip(names, exts, dirs, strict=False)})
+    stems = paths.source_stems(uris, "file:///l")
+    assert len({s.casefold() for s in stems.values()}) == len(uris)
+    assert all(re.fullmatch(r"[A-Za-z0-9._~-]+", s) and len(s) <= 120 for s in stems.values())

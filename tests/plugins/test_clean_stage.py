@@ -684,3 +684,33 @@ def test_chunk_size_fits_the_budget() -> None:
     assert plan_chunk_rows(2048, 1000.0) == int((2048 * 2**20 - 2 * 65_536 * 1000) / 3000)
     assert plan_chunk_rows(64, 5000.0) == clean_stage.MIN_CHUNK_ROWS  # tiny budget: fixed floor
     assert plan_chunk_rows(2048, 0.0) > 10**8  # empty sample: one chunk
+
+
+def test_no_silver_or_silver_in_a_layout_pgx_does_not_read_is_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    code, runner = run(write_spec(tmp_path, lake, [PHARMACY], name="none"))
+    assert code == 2
+    prefix = f"{lake.as_uri()}/silver/imputed/pharmacy/"
+    assert (
+        summary(lake, "clean_pharmacy", runner.run_id)["error"]
+        == f"clean-pharmacy (silver) found no object under {prefix}"
+    )
+    # Silver written by another tool, partitioned differently: never silently "nothing to do".
+    odd = lake / "silver" / "imputed" / "pharmacy" / "2019" / "part-0.parquet"
+    odd.parent.mkdir(parents=True)
+    pq.write_table(make_silver("pharmacy", 10, seed=1, year=2019), odd)
+    code, runner = run(write_spec(tmp_path, lake, [PHARMACY], name="odd"))
+    assert code == 2
+    error = summary(lake, "clean_pharmacy", runner.run_id)["error"]
+    assert "found 1 objects under" in error and "age_band=<band>/event_year=<year>/pharmacy_data.parquet" in error
+    assert "2019/part-0.parquet" in error and not (lake / "gold").exists()
+    # Beside readable partitions, what pgx does not read is named in the log, and left alone.
+    write_silver(lake, "pharmacy", "65-74", 2019, make_silver("pharmacy", 20, seed=2, year=2019))
+    with caplog.at_level("WARNING", logger="pgx"):
+        code, _ = run(write_spec(tmp_path, lake, [PHARMACY], name="mixed"))
+    assert code == 0 and gold_path(lake, "pharmacy", "65-74", 2019).exists()
+    [warning] = [r for r in caplog.records if getattr(r, "event", "") == "objects_not_read"]
+    assert warning.count == 1 and warning.example == "2019/part-0.parquet"  # type: ignore[attr-defined]

@@ -170,3 +170,19 @@ def test_years_out_of_scope_are_counted_not_written(bronze_lake: Path, tmp_path:
     assert years == {"event_year=2019"}
     s = summary(lake, runner.run_id)
     assert s["stats"]["out_of_scope"] > s["totals"]["rows_out"]  # most rows are in other years
+
+
+def test_an_input_glob_matching_nothing_changes_nothing_and_exits_2(bronze_lake: Path, tmp_path: Path) -> None:
+    """It deleted every silver partition (with backups) and exited 0."""
+    lake = clone(bronze_lake, tmp_path / "g")
+    assert run(write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 2}}], "first"))[0] == 0
+    before = zone_digest(lake, "silver")
+    nothing = f"{lake.as_uri()}/bronze/pharmacy/no_such_extract_*.parquet"
+    stages = [{"use": "impute", "with": {"buckets": 2, "pharmacyInput": nothing}}]
+    code, runner = run(write_spec(tmp_path, lake, stages, "nomatch"))
+    assert code == 2
+    assert zone_digest(lake, "silver") == before
+    assert not (lake / "_backups").exists()
+    doc = summary(lake, runner.run_id)
+    assert doc["status"] == "error" and doc["totals"]["entities"] == 0
+    assert doc["error"] == f"impute found no bronze Parquet object under {nothing}"

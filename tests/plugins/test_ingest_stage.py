@@ -182,14 +182,16 @@ def test_file_much_larger_than_the_budget_ingests_within_it(tmp_path: Path) -> N
         if other != big:
             other.unlink()
     executor = {"type": "local", "memoryBudgetMb": budget}
-    peak_mb = _peak_rss_mb(spec(tmp_path, lake, INGEST, executor=executor))
+    assert big.parent.name == "medical"
+    medical = INGEST[1:]  # the other data type's raw folder is empty now: its stage would exit 2
+    peak_mb = _peak_rss_mb(spec(tmp_path, lake, medical, executor=executor))
     # The fixed overhead (interpreter, pyarrow, boto3, pydantic, the runtime) measured the same way
     # on a one-line file, so the bound does not depend on this machine's libraries.
     tiny = tmp_path / "tiny"
     (tiny / "raw" / "medical").mkdir(parents=True)
     header = layout.header_line("medical").encode()
     (tiny / "raw" / "medical" / "one.txt").write_bytes(header + b"\n" + b"|".join([b"x"] * 113) + b"\n")
-    base_mb = _peak_rss_mb(spec(tmp_path, tiny, INGEST, name="tiny", executor=executor))
+    base_mb = _peak_rss_mb(spec(tmp_path, tiny, medical, name="tiny", executor=executor))
     # Arrow's pools and thread buffers add ~110 MB that does not depend on the budget or the data.
     assert peak_mb - base_mb < budget + 128, f"peak {peak_mb:.0f} MB (base {base_mb:.0f}) for a {size_mb:.0f} MB file"
     # And the peak does not grow with the file: a quarter of it peaks about as high.
@@ -197,7 +199,7 @@ def test_file_much_larger_than_the_budget_ingests_within_it(tmp_path: Path) -> N
     (quarter / "raw" / "medical").mkdir(parents=True)
     lines = big.read_bytes().split(b"\n")
     (quarter / "raw" / "medical" / "q.txt").write_bytes(b"\n".join(lines[: len(lines) // 4]) + b"\n")
-    quarter_mb = _peak_rss_mb(spec(tmp_path, quarter, INGEST, name="quarter", executor=executor))
+    quarter_mb = _peak_rss_mb(spec(tmp_path, quarter, medical, name="quarter", executor=executor))
     assert peak_mb < quarter_mb * 1.2, f"{peak_mb:.0f} MB for the file, {quarter_mb:.0f} MB for a quarter of it"
 
 
@@ -216,3 +218,68 @@ def _peak_rss_mb(path: Path) -> float:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "0"
     return int(out[1]) / 1024
+
+
+HOSTILE_NAMES = ["x.txt", "x.csv", "y.txt", "y.TXT", "a b.txt", "a_b.txt"]
+
+
+def hostile_lake(tmp: Path, rows: int = 50) -> tuple[Path, dict[str, int]]:
+    """A raw folder whose file names collide once extension, case or unsafe characters are lost."""
+    lake = tmp / "lake"
+    raw = lake / "raw" / "pharmacy"
+    raw.mkdir(parents=True)
+    header = layout.header_line("pharmacy").encode()
+    counts = {}
+    for i, name in enumerate(HOSTILE_NAMES):
+        lines = [
+            b"|".join([b"20190101", f"C{i}-{r}".encode(), f"{i:03d}{r:04d}".encode()] + [b"x"] * 48)
+            for r in range(rows + i)
+        ]
+        (raw / name).write_bytes(header + b"\n" + b"\n".join(lines) + b"\n")
+        counts[name] = rows + i
+    (raw / ".x.txt.partial").write_bytes(b"an upload tool's temporary: not a raw file")
+    return lake, counts
+
+
+def _bronze_by_source(lake: Path) -> dict[str, int]:
+    """Rows per ``_source_file`` over every bronze object, checking each object holds one source."""
+    out: dict[str, int] = {}
+    for obj in (lake / "bronze" / "pharmacy").glob("*.parquet"):
+        sources = set(pq.read_table(obj, columns=["_source_file"])["_source_file"].to_pylist())
+        assert sources == {obj.name.removesuffix(".parquet")}, obj.name
+        out[obj.name.removesuffix(".parquet")] = pq.ParquetFile(obj).metadata.num_rows
+    return out
+
+
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)])
+def test_hostile_file_names_never_share_an_entity_or_a_bronze_object(
+    executor: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if executor == "ray":
+        request.getfixturevalue("ray_session")
+    lake, counts = hostile_lake(tmp_path)
+    path = spec(tmp_path, lake, INGEST[:1], executor={"type": executor})
+    code, runner = run(path)
+    assert code == 0
+    bronze = _bronze_by_source(lake)
+    assert len(bronze) == len(HOSTILE_NAMES) and sum(bronze.values()) == sum(counts.values())  # no row lost
+    assert bronze["y"] == counts["y.txt"] and bronze["a_b"] == counts["a_b.txt"]  # plain names kept
+    doc = summary(lake, "txt_to_parquet", runner.run_id)
+    assert doc["totals"]["completed"] == len(HOSTILE_NAMES) and doc["totals"]["rows_out"] == sum(counts.values())
+    assert len({e["entity"] for e in doc["entities"]}) == len(HOSTILE_NAMES)
+    # Stable across runs: the same names, so the rerun has nothing to do.
+    code, again = run(path)
+    assert code == 0 and summary(lake, "txt_to_parquet", again.run_id)["totals"]["skipped"] == len(HOSTILE_NAMES)
+    assert _bronze_by_source(lake) == bronze
+
+
+def test_a_raw_folder_with_no_raw_file_changes_nothing_and_exits_2(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    (lake / "raw" / "pharmacy").mkdir(parents=True)
+    (lake / "raw" / "pharmacy" / "notes.md").write_text("not a raw file")
+    code, runner = run(spec(tmp_path, lake, INGEST[:1]))
+    assert code == 2
+    doc = summary(lake, "txt_to_parquet", runner.run_id)
+    assert doc["status"] == "error" and doc["status_code"] == 2
+    assert f"found no raw .txt or .csv file under {(lake / 'raw' / 'pharmacy').as_uri()}/" in doc["error"]
+    assert not (lake / "bronze").exists()

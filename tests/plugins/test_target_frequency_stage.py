@@ -185,8 +185,10 @@ def test_no_gold_medical_means_no_report_and_bad_map_is_a_spec_error(tmp_path: P
     lake = tmp_path / "lake"
     lake.mkdir()
     code, runner = run(spec(tmp_path, lake, [{"use": "target-frequency"}]))
-    assert code == 0
-    assert summary(lake, "target_frequency_analysis", runner.run_id)["totals"]["entities"] == 0
+    assert code == 2  # no input: nothing changes, and the run says where it looked
+    doc = summary(lake, "target_frequency_analysis", runner.run_id)
+    assert doc["totals"]["entities"] == 0 and doc["status"] == "error"
+    assert f"found no object under {lake.as_uri()}/gold/medical/" in doc["error"]
     assert not (lake / "gold" / "target_code").exists()
     bad = write_map(lake, "bad.json", {"A10": "B20", "B20": "C30"})
     with pytest.raises(SpecError) as err:

@@ -578,3 +578,15 @@ def test_on_s3_pass2_rewrites_once_and_clean_keeps_accepting(
     for runner, script in ((again, "update_codes"), (reclean, "clean_medical")):
         doc = json.loads(store.read_bytes(paths.summary_object(s3_lake, script, runner.run_id)))
         assert doc["totals"]["skipped"] == 2, script
+
+
+def test_no_gold_changes_nothing_and_exits_2_naming_where_it_looked(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    drug_map = write_map(lake, "drugs.json", {"tylenol": "acetaminophen"})
+    code, runner = run(pass2(tmp_path, lake, datasets=["medical", "pharmacy"], drugMap=drug_map))
+    assert code == 2
+    doc = summary(lake, "update_codes", runner.run_id)
+    gold = f"{lake.as_uri()}/gold"
+    assert doc["error"] == f"update-codes found no gold object under {gold}/medical/ nor under {gold}/pharmacy/"
+    assert not (lake / "gold").exists()
