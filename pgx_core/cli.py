@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from pgx_core import __version__, log
 from pgx_core.errors import PgxError, SpecError, UsageError, scrub
@@ -294,6 +295,15 @@ def cmd_render(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
+def _run_id(value: str) -> str:
+    from pgx_core import clock  # noqa: PLC0415
+
+    if not clock.is_run_id(value):
+        raise argparse.ArgumentTypeError(f"expected a run id such as 20261126T101500Z-3f9c2a7e, got {value!r}")
+    return value
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document instead of human output")
@@ -331,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("rollback", cmd_rollback, "restore every object a run replaced, from its backups")
     sp.add_argument("spec")
-    sp.add_argument("--run-id", required=True)
+    sp.add_argument("--run-id", required=True, type=_run_id)
 
     sp = add("backup", cmd_backup, "copy every object under SRC_PREFIX to BACKUP_ROOT/backup_<stamp>/")
     sp.add_argument("src_prefix")
@@ -393,7 +403,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _PipeSafeStdout:
+    """Standard output that ends quietly when the reader goes away (``pgx plan … | head``).
+
+    The command still runs to the end and returns its own exit code; what it would have printed
+    after the pipe closed is dropped instead of ending in a BrokenPipeError traceback.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def write(self, text: str) -> int:
+        if not self.closed_by_reader:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_by_reader:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self.closed_by_reader = True
+        # What is still buffered goes nowhere, so the interpreter's last flush is quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    stdout = sys.stdout
+    sys.stdout = _PipeSafeStdout(stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -33,6 +33,11 @@ RUN_ID_ENV = "PGX_RUN_ID"
 _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 
+def is_run_id(value: str) -> bool:
+    """True when ``value`` has the run id shape ``YYYYmmddTHHMMSSZ-<8 hex>``."""
+    return _RUN_ID.match(value) is not None
+
+
 def run_id_from_env() -> str | None:
     """A run id chosen by whoever started the process (the controller sets ``PGX_RUN_ID``).
 
@@ -41,7 +46,7 @@ def run_id_from_env() -> str | None:
     value = os.environ.get(RUN_ID_ENV)
     if not value:
         return None
-    if not _RUN_ID.match(value):
+    if not is_run_id(value):
         from pgx_core.errors import UsageError  # noqa: PLC0415 - errors imports nothing from here
 
         raise UsageError(f"{RUN_ID_ENV} must look like YYYYmmddTHHMMSSZ-<8 hex>, got {value!r}")

@@ -41,7 +41,7 @@ from kubernetes.client.exceptions import ApiException
 
 from pgx_core import clock, paths
 from pgx_core.crd import GROUP, PLURAL, VERSION
-from pgx_core.errors import SpecError
+from pgx_core.errors import SpecError, UsageError
 from pgx_core.exitcodes import ExitCode
 from pgx_core.render import CONTAINER, DEFAULT_IMAGE, DEFAULT_SERVICE_ACCOUNT, MAX_NAME, render_run
 from pgx_core.runspec import API_VERSION, KIND, RunSpec, validate_document
@@ -518,7 +518,13 @@ def _load_config() -> None:
     try:
         _CONFIG.load_incluster_config()
     except _CONFIG.ConfigException:
-        _CONFIG.load_kube_config()
+        try:
+            _CONFIG.load_kube_config()
+        except (_CONFIG.ConfigException, OSError) as exc:
+            raise UsageError(
+                "pgx controller: no Kubernetes configuration: not running in a cluster (no service account "
+                "token) and no usable kubeconfig (set KUBECONFIG or write ~/.kube/config)"
+            ) from exc
 
 
 def _current_namespace() -> str:

@@ -41,8 +41,9 @@ class Executor(abc.ABC):
         """Run ``fn(item)`` (``fn(item, stop)`` when ``with_stop``) for every item.
 
         Stops starting new items once the run's stop event is set. A failure of the item
-        itself (the function raised, or its worker was lost after the executor's own retries)
-        becomes ``on_error(item, exc)``'s result when given, else it propagates.
+        becomes ``on_error(item, exc)``'s result when given, else it propagates: ``exc`` is what
+        the function raised, or a :class:`~pgx_core.errors.TransientError` when the worker running
+        it was lost (after the executor's own retries).
         """
 
     def close(self) -> None:  # noqa: B027 - optional for executors without resources

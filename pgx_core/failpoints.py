@@ -3,6 +3,8 @@
 ``PGX_FAILPOINTS="after_replace=kill"`` makes the process SIGKILL itself the first time the
 ``after_replace`` point is reached; ``after_replace=kill@3`` on the third time.
 
+``after_staging=raise`` raises a ``RuntimeError`` there instead, as a bug in pgx's own code would.
+
 ``after_plan=pause`` stops the process at the point instead, so a test can act on a run caught in
 a known phase (send it SIGTERM, kill its cluster, let another run overtake it): the process
 creates ``$PGX_FAILPOINT_DIR/<point>.reached`` and waits until ``<point>.release`` appears there
@@ -51,6 +53,8 @@ def hit(name: str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "raise":
+        raise RuntimeError(f"fail point {name} reached")
     elif action == "pause":
         _pause(name)
 

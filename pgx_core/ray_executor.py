@@ -108,6 +108,15 @@ def ensure_ray(address: str | None) -> bool:
     return True
 
 
+def _item_error(exc: Exception) -> BaseException:
+    """What a failed work item raised: the function's own exception, or :class:`TransientError`
+    when its worker or node was lost (after Ray's own retries)."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause
+        return cause if isinstance(cause, BaseException) else exc
+    return TransientError(f"Ray work item lost: {type(exc).__name__}")
+
+
 class RayExecutor(Executor):
     name = "ray"
 
@@ -187,12 +196,10 @@ class RayExecutor(Executor):
                 try:
                     result = ray.get(ref)
                 except Exception as exc:
-                    cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+                    error = _item_error(exc)
                     if on_error is None:
-                        if isinstance(cause, BaseException) and not isinstance(exc, ray.exceptions.RayTaskError):
-                            raise TransientError(f"Ray work item lost: {type(exc).__name__}") from exc
-                        raise cause from None
-                    result = on_error(items[i], cause)
+                        raise error from None
+                    result = on_error(items[i], error)
                 yield i, result
 
     def close(self) -> None:

@@ -276,7 +276,7 @@ class Runner:
         for attempt in range(TRANSIENT_RETRIES + 1):
             retry: list[EntityTask] = []
             results = executor.map_unordered(
-                run_entity_task, pending, memory_mb=self.run.memory_budget_mb, with_stop=True, on_error=_lost
+                run_entity_task, pending, memory_mb=self.run.memory_budget_mb, with_stop=True, on_error=_unexpected
             )
             for i, outcome in results:
                 if outcome.status == "transient" and attempt < TRANSIENT_RETRIES and not self.stop.is_set():
@@ -363,14 +363,23 @@ class Runner:
             log.warning("staging not cleaned", extra={"event": "staging_cleanup_failed", "error": scrub(str(exc))})
 
 
-def _lost(task: EntityTask, exc: BaseException) -> EntityOutcome:
-    """A work item whose worker was lost (after Ray's own retries) or that raised unexpectedly."""
-    return EntityOutcome(
-        task.state_entity,
-        "transient",
-        ExitCode.TRANSIENT,
-        error=f"work item lost: {type(exc).__name__}: {scrub(str(exc))}",
+def _unexpected(task: EntityTask, exc: BaseException) -> EntityOutcome:
+    """A work item that raised instead of returning its outcome.
+
+    The executor reports a lost worker (after its own retries) as a :class:`TransientError`: that
+    is retried and ends in 75. Anything else escaped the entity protocol itself — a bug in pgx — and
+    is an internal error (1), never a transient one: retrying would only hide it.
+    """
+    if isinstance(exc, TransientError):
+        return EntityOutcome(task.state_entity, "transient", ExitCode.TRANSIENT, error=str(exc))
+    if isinstance(exc, PgxError):
+        return EntityOutcome(task.state_entity, "failed", exc.exit_code, error=str(exc))
+    error = f"internal error: {type(exc).__name__}: {scrub(str(exc))}"
+    log.error(
+        "work item crashed",
+        extra={"event": "entity_crashed", "entity": task.state_entity, "frames": safe_traceback(exc)},
     )
+    return EntityOutcome(task.state_entity, "failed", ExitCode.INTERNAL, error=error)
 
 
 def _check_unique(stage: str, state_entities: list[str]) -> None:

@@ -144,3 +144,46 @@ def test_seed_compatible_shortcuts_map_flags_onto_one_stage_specs() -> None:
     assert stage["use"] == "update-codes" and stage["with"]["years"] == [2019] and stage["with"]["chunkRows"] == 250000
     notes = upd.stderr.strip().splitlines()
     assert len(notes) == 3 and all(n.startswith("note: --") and "ignored" in n for n in notes)
+
+
+def test_a_bad_run_id_is_a_usage_error(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        THREE_ERRORS.replace("executor: {type: spark}\n  limit: -1\n", "")
+        .replace("line-count", "ingest")
+        .replace("{chunkBytes: tiny}", "{dataType: pharmacy}")
+    )
+    proc = pgx("rollback", str(spec), "--run-id", "yesterday")
+    assert proc.returncode == 64, proc.stderr
+    assert "expected a run id such as 20261126T101500Z-3f9c2a7e, got 'yesterday'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_closed_stdout_ends_quietly_with_the_commands_own_code(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        THREE_ERRORS.replace("executor: {type: spark}\n  limit: -1\n", "")
+        .replace("line-count", "ingest")
+        .replace("{chunkBytes: tiny}", "{dataType: pharmacy}")
+    )
+    # The reader is gone before pgx writes a byte (as `pgx plugins | head -0` would leave it).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgx_core", "plugins"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert err == ""
+
+
+def test_controller_without_kubeconfig_is_one_line(tmp_path: Path) -> None:
+    proc = pgx(
+        "controller", env={"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none"), "KUBERNETES_SERVICE_HOST": ""}
+    )
+    assert proc.returncode == 64
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "no Kubernetes configuration" in proc.stderr

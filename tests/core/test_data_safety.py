@@ -210,3 +210,28 @@ def test_a_limit_below_one_is_a_usage_error(limit: str, tmp_path: Path, teststag
     assert proc.returncode == 64, proc.stderr[-500:]
     assert f"--limit must be a positive number of entities, got {limit}" in proc.stderr
     assert not (lake / "gold").exists()
+
+
+# --- exit codes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=[pytest.mark.ray, pytest.mark.integration])])
+def test_a_bug_in_pgx_itself_is_exit_1_not_retried_as_transient(executor: str, tmp_path: Path, teststage: Path) -> None:
+    """A RuntimeError escaping the entity protocol was taken for a lost worker: retried, then 75."""
+    lake = (tmp_path / "lake").as_uri()
+    store = open_store(lake)
+    put_table(store, paths.join(lake, "input", "p.parquet"), input_table(3))
+    spec = write_spec(tmp_path, lake, StoreConfig())
+    text = spec.read_text().replace("type: local", f"type: {executor}")
+    spec.write_text(text)
+    code, out = run_json(spec, env={"PGX_FAILPOINTS": "after_staging=raise"})
+    assert code == 1, out
+    [doc] = [json.loads(store.read_bytes(u)) for u in out["summaries"]]
+    [entity] = doc["entities"]
+    assert (
+        entity["status"] == "failed"
+        and entity["error"] == "internal error: RuntimeError: fail point after_staging reached"
+    )
+    assert doc["status_code"] == 1
+    assert not [i for i in store.list(paths.join(lake, "_state") + "/") if i.uri.endswith("lease.json")]
+    assert run_json(spec)[0] == 0  # the next run redoes it
