@@ -12,7 +12,8 @@
     │   └── NoInput                2  a stage found no input object where it looked
     ├── ConflictError              3  another live run holds the entity's lease
     ├── TransientError            75  storage/cluster unavailable; retried with backoff first
-    │   └── InterruptedRun        75  SIGTERM/SIGINT arrived; the run stopped cleanly
+    │   ├── InterruptedRun        75  SIGTERM/SIGINT arrived; the run stopped cleanly
+    │   └── ClusterUnavailable    75  the Ray cluster's head stopped answering
     ├── StorageError               1  an object-store call failed for a non-transient reason
     │   ├── ObjectNotFound         1
     │   └── PreconditionFailed     1  a create-only or compare-and-swap put lost the race
@@ -102,6 +103,10 @@ class TransientError(PgxError):
 
 class InterruptedRun(TransientError):
     pass
+
+
+class ClusterUnavailable(TransientError):
+    """The Ray cluster the run works on is gone (its head stopped answering)."""
 
 
 class StorageError(PgxError):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +26,7 @@ from typing import Any, TypeVar
 
 import ray
 
-from pgx_core.errors import InterruptedRun, TransientError, scrub
+from pgx_core.errors import ClusterUnavailable, InterruptedRun, TransientError, scrub
 from pgx_core.executor import Executor, OnError
 from pgx_core.log import get_logger
 from pgx_core.stage import RunInfo
@@ -34,6 +36,8 @@ R = TypeVar("R")
 log = get_logger(__name__)
 MB = 1024 * 1024
 LOST_WORKER_RETRIES = 3
+HEALTH_CHECK_SEC = 2.0
+CLUSTER_LOSS_SEC = 10.0  # well within the minute after which Ray ends a driver that lost its head
 STOP_GRACE_SEC = 20.0
 WARM_UP_TIMEOUT_SEC = 60.0
 
@@ -99,13 +103,36 @@ def ensure_ray(address: str | None) -> bool:
     common: dict[str, Any] = {"log_to_driver": False, "configure_logging": False, "include_dashboard": False}
     if address:
         log.info("joining ray cluster", extra={"event": "ray_join", "address": address})
-        ray.init(address=address, **common)
+        _init_keeping_handlers(address=address, **common)
         return False
     cpus = available_cpus()
     log.info("starting local ray", extra={"event": "ray_start", "cpus": cpus})
     # address="local": always a fresh local Ray, never a cluster someone `ray start`-ed on this host.
-    ray.init(address="local", num_cpus=cpus, **common)
+    _init_keeping_handlers(address="local", num_cpus=cpus, **common)
     return True
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _init_keeping_handlers(**options: Any) -> None:
+    """``ray.init`` without losing pgx's own SIGTERM/SIGINT handlers.
+
+    ``ray.init`` installs a SIGTERM handler that exits the process at once (status 15, no summary,
+    leases held). pgx's handlers are put back afterwards; a SIGTERM that reaches Ray's handler
+    while Ray starts surfaces here as SystemExit and becomes an interrupted run.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        ray.init(**options)  # handlers can only be set (and are only replaced) on the main thread
+        return
+    saved = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    try:
+        ray.init(**options)
+    except SystemExit as exc:
+        raise InterruptedRun("Stopped (SIGTERM) while Ray was starting") from exc
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _item_error(exc: Exception) -> BaseException:
@@ -115,6 +142,51 @@ def _item_error(exc: Exception) -> BaseException:
         cause = exc.cause
         return cause if isinstance(cause, BaseException) else exc
     return TransientError(f"Ray work item lost: {type(exc).__name__}")
+
+
+def _gcs_address() -> tuple[str, int] | None:
+    """Host and port of the cluster's GCS (on its head), or None (Ray Client: no direct address)."""
+    try:
+        host, _, port = str(ray.get_runtime_context().gcs_address).rpartition(":")
+        return (host, int(port)) if host else None
+    except Exception:
+        return None
+
+
+class ClusterHealth:
+    """Notices that the Ray cluster is gone, before Ray itself ends the process.
+
+    When its head dies, a driver's Ray calls never complete, and after a minute of failed
+    reconnects Ray terminates the driver process (exit 1: no summary, leases held, staging left).
+    The executor asks :meth:`check` while it waits for work items; once the head's GCS port has
+    refused connections for :data:`CLUSTER_LOSS_SEC` it raises :class:`ClusterUnavailable`, and
+    the run ends as any transient failure does: summary written, leases released, exit 75.
+    """
+
+    def __init__(self, gcs: tuple[str, int] | None) -> None:
+        self.gcs = gcs
+        self.lost = False
+        self._checked = 0.0
+        self._down_since: float | None = None
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.gcs is None or now - self._checked < HEALTH_CHECK_SEC:
+            return
+        self._checked = now
+        try:
+            socket.create_connection(self.gcs, timeout=HEALTH_CHECK_SEC).close()
+            self._down_since = None
+            return
+        except OSError:
+            self._down_since = self._down_since or now
+        if now - self._down_since >= CLUSTER_LOSS_SEC:
+            self.lost = True
+            host, port = self.gcs
+            raise ClusterUnavailable(
+                f"Ray cluster unavailable: its head (GCS at {host}:{port}) has refused connections for "
+                f"{CLUSTER_LOSS_SEC:.0f} s"
+            )
 
 
 class RayExecutor(Executor):
@@ -131,9 +203,14 @@ class RayExecutor(Executor):
         self.max_parallel = run.max_parallel if run else None
         try:
             self._started = ensure_ray(address if address is not None else (run.ray_address if run else None))
+        except InterruptedRun:
+            if ray.is_initialized():
+                ray.shutdown()
+            raise
         except Exception as exc:
             raise TransientError(f"Ray is unavailable: {type(exc).__name__}: {scrub(str(exc))}") from exc
         self._stop_actor: Any = None
+        self._health = ClusterHealth(_gcs_address())
         if self._started and warm_modules:
             self._warm_up(warm_modules)
 
@@ -191,6 +268,8 @@ class RayExecutor(Executor):
             if not in_flight:
                 continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+            if not ready:
+                self._health.check()  # nothing finished: is there still a cluster to finish it?
             for ref in ready:
                 i = in_flight.pop(ref)
                 try:
@@ -203,6 +282,8 @@ class RayExecutor(Executor):
                 yield i, result
 
     def close(self) -> None:
+        if self._health.lost:
+            return  # every Ray call would wait for a cluster that is gone
         if self._stop_actor is not None:
             with contextlib.suppress(Exception):  # best effort: the actor may be gone already
                 ray.kill(self._stop_actor)

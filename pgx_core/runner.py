@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgx_core import clock, failpoints, paths, summary
-from pgx_core.errors import PgxError, StorageError, TransientError, UsageError, scrub
+from pgx_core.errors import InterruptedRun, PgxError, StorageError, TransientError, UsageError, scrub
 from pgx_core.executor import Executor, make_executor
 from pgx_core.exitcodes import ExitCode, worst
 from pgx_core.log import bind, get_logger, safe_traceback
@@ -174,10 +174,9 @@ class Runner:
                             },
                         )
                         break
-                    if self.stop.is_set():
-                        codes.append(ExitCode.TRANSIENT)
-                        break
                     current = rs
+                    if self.stop.is_set():
+                        raise InterruptedRun(f"Stopped (SIGTERM) before stage {rs.name} started")
                     with bind(stage=rs.name):
                         code = self._run_stage(rs, executor)
                     codes.append(code)
@@ -186,7 +185,7 @@ class Runner:
                         failed_script = rs.stage_cls.script_name
             except PgxError as exc:
                 codes.append(exc.exit_code)
-                self._stage_error(current, exc.exit_code, str(exc))
+                self._stage_error(current or self.stages[0], exc.exit_code, str(exc))
                 self.plugins.call("pgx_on_run_error", run=self.run, error=exc)
                 log.error(
                     "run failed", extra={"event": "run_failed", "error": str(exc), "exit_code": int(exc.exit_code)}
@@ -194,7 +193,7 @@ class Runner:
             except Exception as exc:
                 msg = f"{type(exc).__name__}: {scrub(str(exc))}"
                 codes.append(ExitCode.INTERNAL)
-                self._stage_error(current, ExitCode.INTERNAL, msg)
+                self._stage_error(current or self.stages[0], ExitCode.INTERNAL, msg)
                 self.plugins.call("pgx_on_run_error", run=self.run, error=exc)
                 log.error("run crashed", extra={"event": "run_crashed", "error": msg, "frames": safe_traceback(exc)})
             finally:
@@ -246,7 +245,7 @@ class Runner:
             )
             for d in plan.to_run
         ]
-        if tasks:
+        if tasks and not self.stop.is_set():
             stage.prepare([t.entity for t in tasks], functools.partial(self._fan_out, executor))
         done = 0
         for outcome in self._execute_tasks(executor, tasks):
@@ -299,10 +298,18 @@ class Runner:
 
     def _fan_out(self, executor: Executor, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
         tally = self._current_tally
+        done = 0
         for _, (result, peak_mb) in executor.map_unordered(measured(fn), items, memory_mb=self.run.memory_budget_mb):
+            done += 1
             if tally is not None:
                 tally.peak_item_rss_mb = max(tally.peak_item_rss_mb, peak_mb)
             yield result
+        if done < len(items):
+            # The executor stops starting items after SIGTERM. The stage must not take the partial
+            # results for the whole (an impute shuffle would report rows lost: a false data error).
+            raise InterruptedRun(
+                f"Stopped (SIGTERM) after {done} of {len(items)} work items of the stage's preparation"
+            )
 
     def _after_entity(self, rs: ResolvedStage, o: EntityOutcome) -> None:
         extra = {
@@ -327,10 +334,11 @@ class Runner:
                 "pgx_on_stage_error", run=self.run, stage_name=rs.name, entity=o.state_entity, error=o.error or o.status
             )
 
-    def _stage_error(self, rs: ResolvedStage | None, code: ExitCode, message: str) -> None:
-        """Record a stage-level failure in its summary (crash caught at the top, plan failure…)."""
-        if rs is None:
-            return
+    def _stage_error(self, rs: ResolvedStage, code: ExitCode, message: str) -> None:
+        """Record a stage-level failure in its summary (crash caught at the top, plan failure…).
+
+        A failure before the first stage began (store check, Ray start) is the first stage's.
+        """
         tallies = self._tallies.setdefault(rs.stage_cls.script_name, [])
         if not tallies or tallies[-1].name != rs.name:
             tallies.append(summary.StageTally(rs.name, rs.use))

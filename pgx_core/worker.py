@@ -128,6 +128,10 @@ def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOut
     lake_store, state_store = stores(run.lake), stores(run.state_root)
     pipeline = task.stage_cls.script_name
     outcome = EntityOutcome(task.state_entity, "completed")
+    if stop is not None and stop.is_set():  # queued before SIGTERM, reached after: do not start
+        outcome.status, outcome.exit_code, outcome.error = "interrupted", ExitCode.TRANSIENT, "not started: stopped"
+        outcome.attempts = 0
+        return outcome
 
     got = acquire_lease(
         state_store, paths.lease_object(run.state_root, pipeline, task.state_entity), run.run_id, task.lease_ttl
