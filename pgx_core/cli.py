@@ -454,12 +454,17 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors; SPEC §5 says 64
+    except SystemExit as exc:  # argparse exits 2 on usage errors; pgx's usage code is 64
         code = exc.code if isinstance(exc.code, int) else ExitCode.USAGE
         return ExitCode.USAGE if code == 2 else code
     log.setup(args.log_level)
     try:
-        code = int(args.func(args))
+        try:
+            code = int(args.func(args))
+        except OSError as exc:  # pyarrow's S3 filesystem reports every S3 failure as an OSError
+            from pgx_core.storage import arrow_error  # noqa: PLC0415
+
+            raise (arrow_error(exc) or exc) from exc
     except PgxError as exc:
         if args.json:
             doc: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc), "exit_code": int(exc.exit_code)}

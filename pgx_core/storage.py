@@ -36,6 +36,7 @@ import fcntl
 import hashlib
 import io
 import os
+import re
 import shutil
 import stat
 import time
@@ -44,7 +45,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from pgx_core.errors import ObjectNotFound, PreconditionFailed, StorageError, TransientError, UsageError
+from pgx_core.errors import (
+    BucketNotFound,
+    ObjectNotFound,
+    PgxError,
+    PreconditionFailed,
+    StorageError,
+    StoreAccessError,
+    TransientError,
+    UnsupportedCondition,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -201,43 +212,166 @@ class ObjectStore(abc.ABC):
 
     # --- self-check --------------------------------------------------------------------------
     def check_conditional_writes(self, probe_prefix: str) -> bool:
-        """Return True when the store enforces create-only and If-Match puts (SPEC §7).
+        """Return True when the store enforces create-only and If-Match puts.
 
-        Writes two small probe objects under ``probe_prefix`` and removes them. A store that
-        accepts a second create-only put, accepts a put with a wrong etag, rejects one with the
-        right etag, or refuses the conditional headers outright fails the check. Transient
-        errors propagate (the store could not be checked at all).
+        Writes two small probe objects under ``probe_prefix`` and removes them. False only when
+        the store answered and ignored or refused a condition: it accepted a second create-only
+        put, accepted a put with a wrong etag, rejected a create-only put of a fresh key or one
+        with the right etag, or refused the conditional headers outright
+        (:class:`UnsupportedCondition`). Everything else propagates, because it says
+        nothing about conditional writes: missing or rejected credentials
+        (:class:`StoreAccessError`), a missing bucket (:class:`BucketNotFound`), an outage
+        (:class:`TransientError`) or any other :class:`StorageError`.
         """
         tag = uuid.uuid4().hex
         create_probe = join_uri(probe_prefix, f"_pgx_probe_{tag}_create")
         match_probe = join_uri(probe_prefix, f"_pgx_probe_{tag}_match")
+        written: builtins.list[str] = []
         try:
-            self.put_if_absent(create_probe, b"probe 1")
+            try:
+                self.put_if_absent(create_probe, b"probe 1")
+            except PreconditionFailed:
+                # Nobody else writes this fresh name: either a retried PUT whose first attempt
+                # landed (our bytes are there), or a store that refuses If-None-Match on a new key.
+                if not self._holds(create_probe, b"probe 1"):
+                    return False
+            written.append(create_probe)
             try:
                 self.put_if_absent(create_probe, b"probe 2")
                 return False
             except PreconditionFailed:
                 pass
             current = self.write_bytes(match_probe, b"probe 1")
+            written.append(match_probe)
             try:
                 self.put_if_match(match_probe, b"probe 2", _WRONG_ETAG)
                 return False
             except PreconditionFailed:
                 pass
-            self.put_if_match(match_probe, b"probe 3", current.etag)
+            try:
+                self.put_if_match(match_probe, b"probe 3", current.etag)
+            except PreconditionFailed:
+                return self._holds(match_probe, b"probe 3")  # a retried PUT that had landed
             return True
-        except TransientError:
-            raise
-        except StorageError:
+        except UnsupportedCondition:
             return False
         finally:
-            for probe in (create_probe, match_probe):
-                with contextlib.suppress(StorageError):
+            # Best effort, and never in place of the error that ended the check.
+            for probe in written:
+                with contextlib.suppress(PgxError):
                     self.delete(probe)
+
+    def _holds(self, uri: str, data: bytes) -> bool:
+        got = self.read_versioned(uri)
+        return got is not None and got[0] == data
 
 
 # Looks like a real S3 ETag so a store that validates the format still evaluates the condition.
 _WRONG_ETAG = '"00000000000000000000000000000000"'
+
+
+# ================================================================================================
+# Error classification shared by the S3 store (boto3) and pyarrow's S3 filesystem
+# ================================================================================================
+
+CREDENTIALS_CHAIN = (
+    "pgx takes S3 credentials only from the standard AWS chain (environment variables, a shared "
+    "profile, or IRSA / the instance role in a cluster)"
+)
+# What each credential problem means, by S3 error code; any other 403 is a permission problem.
+_ACCESS_REASONS = {
+    "InvalidAccessKeyId": "the store does not know the access key id",
+    "SignatureDoesNotMatch": "the secret key does not match the access key id",
+    "ExpiredToken": "the session token has expired",
+    "TokenRefreshRequired": "the session token has expired",
+    "InvalidToken": "the session token is malformed or invalid",
+    "RequestExpired": "the request or its session token has expired",
+    "RequestTimeTooSkewed": "this machine's clock is too far from the store's",
+    "NoCredentialsError": "no credentials were found",
+    "PartialCredentialsError": "the credentials found are incomplete",
+    "CredentialRetrievalError": "the credential provider failed to return credentials",
+    "ProfileNotFound": "the AWS profile this process names does not exist",
+    "SSOTokenLoadError": "the SSO session is missing or has expired",
+    "UnauthorizedSSOTokenError": "the SSO session is missing or has expired",
+}
+
+
+def access_error(op: str, where: str, bucket: str, detail: str, code: str | None = None) -> StoreAccessError:
+    """The error for a store that found no credentials, rejected them, or denied ``op``.
+
+    ``detail`` is the store's error code and HTTP status (``AccessDenied (HTTP 403)``) or the
+    client's error type; never a credential. ``code`` (default: the first word of ``detail``)
+    is the S3 error code that picks the explanation.
+    """
+    code = code or detail.split(" ", 1)[0]
+    reason = _ACCESS_REASONS.get(code, f"access to bucket {bucket} is denied (IAM or bucket policy)")
+    return StoreAccessError(
+        f"S3 {op} failed for {where}: {detail}: {reason}. {CREDENTIALS_CHAIN}; check which ones "
+        f"this process gets and that they may use bucket {bucket}."
+    )
+
+
+def missing_bucket(op: str, where: str, bucket: str, detail: str) -> BucketNotFound:
+    """The error for a bucket that does not exist on the configured endpoint."""
+    return BucketNotFound(
+        f"S3 {op} failed for {where}: {detail}: bucket {bucket} does not exist; check the bucket "
+        "name and the S3 endpoint and region."
+    )
+
+
+_ARROW_AWS = re.compile(
+    r"AWS Error (?P<name>[A-Z_]+|\[code \d+\])(?: \(HTTP status (?P<status>\d+)\))? during (?P<op>\w+) operation"
+)
+_ARROW_WHERE = re.compile(r"(?:key '(?P<key>[^']*)' in )?bucket '(?P<bucket>[^']*)'")
+_ARROW_TRANSIENT = frozenset(
+    {"NETWORK_CONNECTION", "SERVICE_UNAVAILABLE", "SLOW_DOWN", "THROTTLING", "REQUEST_TIMEOUT", "INTERNAL_FAILURE"}
+)
+_ARROW_ACCESS = frozenset(
+    {
+        "ACCESS_DENIED",
+        "INVALID_ACCESS_KEY_ID",
+        "SIGNATURE_DOES_NOT_MATCH",
+        "INVALID_SIGNATURE",
+        "INCOMPLETE_SIGNATURE",
+        "MISSING_AUTHENTICATION_TOKEN",
+        "INVALID_CLIENT_TOKEN_ID",
+        "UNRECOGNIZED_CLIENT",
+        "REQUEST_EXPIRED",
+        "REQUEST_TIME_TOO_SKEWED",
+    }
+)
+
+
+def arrow_error(exc: BaseException) -> PgxError | None:
+    """Classify an ``OSError`` raised by ``pyarrow.fs.S3FileSystem`` (see :meth:`ObjectStore.arrow_fs`).
+
+    pyarrow reports every S3 failure as ``OSError("[When … key 'K' in bucket 'B': ]AWS Error NAME
+    [(HTTP status N)] during OP operation: …")``. An outage, throttling or 5xx becomes
+    :class:`TransientError`, a credential or permission failure :class:`StoreAccessError`, a
+    missing bucket :class:`BucketNotFound`; anything else (and any other exception) ``None``.
+    The new message is one line naming the operation, the object and the AWS error; the
+    library's own message (request ids, curl details) is left out.
+    """
+    if not isinstance(exc, OSError):
+        return None
+    text = str(exc)
+    m = _ARROW_AWS.search(text)
+    if m is None:
+        return None
+    name, op, status = m["name"], m["op"], int(m["status"] or 0)
+    w = _ARROW_WHERE.search(text[: m.start()])
+    bucket = w["bucket"] if w else ""
+    where = f"s3://{bucket}/{w['key'] or ''}" if w else "an S3 object (through pyarrow)"
+    detail = f"{name} (HTTP {status})" if status else name
+    if name in _ARROW_TRANSIENT or (name == "UNKNOWN" and (status >= 500 or status == 429)):
+        return TransientError(f"S3 {op} failed for {where} after retries: {detail}")
+    if name in _ARROW_ACCESS or (name == "UNKNOWN" and status in {401, 403}):
+        # The AWS C++ SDK's enum name (INVALID_ACCESS_KEY_ID) → S3's error code (InvalidAccessKeyId).
+        code = "".join(part.capitalize() for part in name.split("_"))
+        return access_error(op, where, bucket or "(unknown)", detail, code)
+    if name == "NO_SUCH_BUCKET":
+        return missing_bucket(op, where, bucket or "(unknown)", detail)
+    return None
 
 
 def open_store(uri: str, config: StoreConfig | None = None) -> ObjectStore:

@@ -19,7 +19,17 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, ParamValidationError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    SSOError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from pgx_core.errors import (
@@ -28,9 +38,18 @@ from pgx_core.errors import (
     PreconditionFailed,
     StorageError,
     TransientError,
+    UnsupportedCondition,
     UsageError,
 )
-from pgx_core.storage import ObjectInfo, ObjectStore, PublishOnClose, StoreConfig, split_uri
+from pgx_core.storage import (
+    ObjectInfo,
+    ObjectStore,
+    PublishOnClose,
+    StoreConfig,
+    access_error,
+    missing_bucket,
+    split_uri,
+)
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -58,6 +77,21 @@ _TRANSIENT = frozenset(
 )
 # What S3-compatible servers answer when they do not implement a conditional header.
 _UNSUPPORTED = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest"})
+# Credential and permission failures (any 401/403 is one too, e.g. a HEAD's bare "403").
+_ACCESS = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "InvalidToken",
+        "RequestTimeTooSkewed",
+    }
+)
+# The credential chain found nothing usable (raised by botocore before any request is sent).
+_NO_CREDENTIALS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, ProfileNotFound, SSOError)
 
 
 def _code_status(exc: ClientError) -> tuple[str, int]:
@@ -66,30 +100,58 @@ def _code_status(exc: ClientError) -> tuple[str, int]:
     return str(error.get("Code", "")), int(meta.get("HTTPStatusCode", 0) or 0)
 
 
-def _from_client_error(exc: ClientError, op: str, where: str) -> PgxError:
+def _bucket_in(where: str) -> str:
+    """The first bucket named in ``where`` (a URI, or ``src -> dst``)."""
+    return where.removeprefix("s3://").split("/", 1)[0] if where.startswith("s3://") else where
+
+
+def _from_client_error(exc: ClientError, op: str, where: str, conditional: bool = False) -> PgxError:
     # Only the error code and status go into messages: S3 error bodies never echo object bytes,
     # but nothing here ever formats request parameters (which would include the body).
     code, status = _code_status(exc)
     detail = f"{code or 'error'} (HTTP {status})"
     if code in _NOT_FOUND:
         return ObjectNotFound(f"S3 {op}: no object at {where}")
+    if code == "NoSuchBucket":
+        bucket = str(exc.response.get("Error", {}).get("BucketName") or _bucket_in(where))
+        return missing_bucket(op, where, bucket, detail)
     if status == 412 or code in _PRECONDITION:
         return PreconditionFailed(f"S3 {op}: precondition failed for {where}: {detail}")
+    if conditional and (status == 501 or code in _UNSUPPORTED):
+        return UnsupportedCondition(
+            f"S3 {op} failed for {where}: {detail}: the store refused the conditional header (If-None-Match / If-Match)"
+        )
+    if status in {401, 403} or code in _ACCESS:
+        return access_error(op, where, _bucket_in(where), detail)
     if status >= 500 or status == 429 or code in _TRANSIENT:
         return TransientError(f"S3 {op} failed for {where} after retries: {detail}")
     return StorageError(f"S3 {op} failed for {where}: {detail}")
 
 
+def _endpoint_of(exc: BotoCoreError) -> str:
+    url = str(getattr(exc, "kwargs", {}).get("endpoint_url") or "")
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else "the S3 endpoint"
+
+
 @contextlib.contextmanager
-def _s3_errors(op: str, where: str) -> Iterator[None]:
-    """Translate botocore failures into the pgx error tree, naming the operation and object."""
+def _s3_errors(op: str, where: str, conditional: bool = False) -> Iterator[None]:
+    """Translate botocore failures into the pgx error tree, naming the operation and object.
+
+    ``conditional``: the call carried If-None-Match / If-Match, so a NotImplemented-style answer
+    means the store does not support conditional writes.
+    """
     try:
         yield
     except ClientError as exc:
-        raise _from_client_error(exc, op, where) from exc
+        raise _from_client_error(exc, op, where, conditional) from exc
     except (BotoConnectionError, HTTPClientError) as exc:
         # Endpoint unreachable, connect/read timeout or connection dropped (after botocore's retries).
-        raise TransientError(f"S3 {op} failed for {where}: {type(exc).__name__}") from exc
+        raise TransientError(
+            f"S3 {op} failed for {where} after retries: {type(exc).__name__} talking to {_endpoint_of(exc)}"
+        ) from exc
+    except _NO_CREDENTIALS as exc:
+        raise access_error(op, where, _bucket_in(where), type(exc).__name__) from exc
     except BotoCoreError as exc:
         raise StorageError(f"S3 {op} failed for {where}: {type(exc).__name__}") from exc
 
@@ -205,7 +267,7 @@ class S3Store(ObjectStore):
         # botocore retries a PUT whose response was lost; if the lost attempt did succeed, the
         # retry of a conditional PUT reports PreconditionFailed for our own write. Callers that
         # re-read after losing a race should recognize their own content (e.g. their run id).
-        with _s3_errors(op, uri):
+        with _s3_errors(op, uri, conditional=bool(condition)):
             resp = self.client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
         return ObjectInfo(uri, len(data), str(resp["ETag"]))
 
@@ -396,7 +458,9 @@ class S3Store(ObjectStore):
         """``(S3FileSystem, "")``: paths are ``bucket/key``.
 
         Careful: pyarrow's own ``delete_file`` and ``write_dataset``/``write_to_dataset`` (unless
-        ``create_dir=False``) create directory-marker objects; use the store for those.
+        ``create_dir=False``) create directory-marker objects; use the store for those. Its
+        failures are ``OSError``s carrying the AWS error; :func:`pgx_core.storage.arrow_error`
+        classifies them (outage → :class:`TransientError`, credentials → ``StoreAccessError``).
         """
         if self._fs_obj is None:
             import pyarrow.fs  # noqa: PLC0415 - heavy, and only dataset readers need it
@@ -554,4 +618,3 @@ class _S3Writer(PublishOnClose, io.RawIOBase):
             self._upload_id = None
         self._buf = bytearray()
         super().close()
-

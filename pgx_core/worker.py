@@ -34,7 +34,7 @@ from pgx_core.resume import decide
 from pgx_core.runspec import StageParams
 from pgx_core.stage import Entity, EntityResult, RunInfo, Stage, WorkContext
 from pgx_core.state import LeaseKeeper, OutputRecord, PipelineState, StateStore, Step, acquire_lease
-from pgx_core.storage import ObjectStore, StoreConfig, open_store
+from pgx_core.storage import ObjectStore, StoreConfig, arrow_error, open_store
 
 log = get_logger(__name__)
 
@@ -288,7 +288,8 @@ def _process(stage: Stage[Any], ent: Entity, ctx: WorkContext) -> EntityResult:
     except (ConnectionError, TimeoutError) as exc:
         raise TransientError(f"{type(exc).__name__}: {scrub(str(exc))}") from exc
     except Exception as exc:
-        raise StageError(stage.type_name, stage.version, ctx.entity_id, exc) from exc
+        # pyarrow's S3 filesystem (ObjectStore.arrow_fs) reports every S3 failure as a bare OSError.
+        raise arrow_error(exc) or StageError(stage.type_name, stage.version, ctx.entity_id, exc) from exc
 
 
 def _gates(stage: Stage[Any], ent: Entity, result: EntityResult, ctx: WorkContext, store: ObjectStore) -> str | None:

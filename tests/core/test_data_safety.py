@@ -235,3 +235,32 @@ def test_a_bug_in_pgx_itself_is_exit_1_not_retried_as_transient(executor: str, t
     assert doc["status_code"] == 1
     assert not [i for i in store.list(paths.join(lake, "_state") + "/") if i.uri.endswith("lease.json")]
     assert run_json(spec)[0] == 0  # the next run redoes it
+
+
+def test_an_s3_outage_inside_a_stage_is_transient_not_a_stage_bug() -> None:
+    """pyarrow's S3 filesystem raises a bare OSError for an outage; it failed the entity as a
+    StageError (exit 1, never retried) with the library's multi-line message."""
+    from pgx_core.errors import StageError, TransientError
+    from pgx_core.worker import _process
+
+    class Reader:
+        type_name, version = "reader", "1"
+
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        def process(self, entity: object, ctx: object) -> None:
+            raise self.exc
+
+    ctx = type("Ctx", (), {"entity_id": "local__e"})()
+    outage = OSError(
+        "When getting information for key 'lake/silver/x.parquet' in bucket 'b': AWS Error NETWORK_CONNECTION "
+        "during HeadObject operation: curl error 7\nrequest id: 0048151623420"
+    )
+    with pytest.raises(TransientError) as got:
+        _process(Reader(outage), None, ctx)  # type: ignore[arg-type]
+    assert str(got.value) == "S3 HeadObject failed for s3://b/lake/silver/x.parquet after retries: NETWORK_CONNECTION"
+    with pytest.raises(StageError):  # any other OSError is still the stage's own failure
+        _process(Reader(OSError("disk full")), None, ctx)  # type: ignore[arg-type]
+
+

@@ -21,7 +21,16 @@ from typing import Any
 
 import pytest
 
-from pgx_core.errors import ObjectNotFound, PreconditionFailed, StorageError, TransientError, UsageError
+from pgx_core.errors import (
+    BucketNotFound,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    StoreAccessError,
+    TransientError,
+    UnsupportedCondition,
+    UsageError,
+)
 from pgx_core.storage import (
     LocalStore,
     ObjectInfo,
@@ -436,7 +445,11 @@ def test_s3_error_mapping() -> None:
         ClientError,
         ConnectionClosedError,
         EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ProfileNotFound,
         ReadTimeoutError,
+        UnauthorizedSSOTokenError,
     )
 
     from pgx_core.storage_s3 import _s3_errors
@@ -455,9 +468,19 @@ def test_s3_error_mapping() -> None:
         (client_error("ConditionalRequestConflict", 409), PreconditionFailed),
         (client_error("SlowDown", 503), TransientError),
         (client_error("InternalError", 500), TransientError),
-        (client_error("AccessDenied", 403), StorageError),
-        (client_error("NoSuchBucket", 404), StorageError),
-        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), TransientError),
+        (client_error("AccessDenied", 403), StoreAccessError),
+        (client_error("InvalidAccessKeyId", 403), StoreAccessError),
+        (client_error("SignatureDoesNotMatch", 403), StoreAccessError),
+        (client_error("ExpiredToken", 400), StoreAccessError),
+        (client_error("403", 403), StoreAccessError),  # a HEAD's answer has no body
+        (NoCredentialsError(), StoreAccessError),
+        (PartialCredentialsError(provider="env", cred_var="AWS_SECRET_ACCESS_KEY"), StoreAccessError),
+        (ProfileNotFound(profile="nightly"), StoreAccessError),
+        (UnauthorizedSSOTokenError(), StoreAccessError),
+        (client_error("NoSuchBucket", 404), BucketNotFound),
+        (client_error("NotImplemented", 501), TransientError),  # not a conditional call
+        (client_error("InvalidRequest", 400), StorageError),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1/bkt/state/x.json"), TransientError),
         (ConnectionClosedError(endpoint_url="http://127.0.0.1:1"), TransientError),
         (ReadTimeoutError(endpoint_url="http://127.0.0.1:1"), TransientError),
     ]
@@ -466,6 +489,25 @@ def test_s3_error_mapping() -> None:
             raise raised
         assert type(info.value) is expected
         assert "put_if_match" in str(info.value) and "s3://bkt/state/x.json" in str(info.value)
+        assert "\n" not in str(info.value)
+        if isinstance(raised, ClientError) and expected is not ObjectNotFound:  # the store's code and HTTP status
+            error: Any = raised.response["Error"]
+            assert f"{error['Code']} (HTTP {raised.response['ResponseMetadata']['HTTPStatusCode']})" in str(info.value)
+        if expected is TransientError and not isinstance(raised, ClientError):
+            assert str(info.value).endswith(f"after retries: {type(raised).__name__} talking to http://127.0.0.1:1")
+        if expected is StoreAccessError:
+            assert "bucket bkt" in str(info.value) and "standard AWS chain" in str(info.value)
+    with pytest.raises(UnsupportedCondition), _s3_errors("put_if_absent", "s3://bkt/x", conditional=True):
+        raise client_error("NotImplemented", 501)
+    with pytest.raises(UnsupportedCondition), _s3_errors("put_if_match", "s3://bkt/x", conditional=True):
+        raise client_error("InvalidArgument", 400)
+    with pytest.raises(BucketNotFound) as missing, _s3_errors("list", "s3://bkt/lake/"):
+        raise client_error("NoSuchBucket", 404)
+    assert str(missing.value) == (
+        "S3 list failed for s3://bkt/lake/: NoSuchBucket (HTTP 404): bucket bkt does not exist; "
+        "check the bucket name and the S3 endpoint and region."
+    )
+    assert missing.value.exit_code == 64
 
 
 # --- self-check and pickling ----------------------------------------------------------------------
@@ -487,9 +529,323 @@ def test_check_conditional_writes_detects_unsafe_store(local_lake: str) -> None:
         def put_if_match(self, uri: str, data: bytes, etag: str) -> ObjectInfo:
             return self.write_bytes(uri, data)
 
-    assert IgnoresIfNoneMatch().check_conditional_writes(join_uri(local_lake, "p/")) is False
-    assert IgnoresIfMatch().check_conditional_writes(join_uri(local_lake, "p/")) is False
+    class RejectsTheRightEtag(LocalStore):
+        def put_if_match(self, uri: str, data: bytes, etag: str) -> ObjectInfo:
+            raise PreconditionFailed(f"Local put_if_match: {uri} changed since it was read")
+
+    class RefusesConditions(LocalStore):
+        def put_if_absent(self, uri: str, data: bytes) -> ObjectInfo:
+            raise UnsupportedCondition(f"S3 put_if_absent failed for {uri}: NotImplemented (HTTP 501)")
+
+    for unsafe in (IgnoresIfNoneMatch, IgnoresIfMatch, RejectsTheRightEtag, RefusesConditions):
+        assert unsafe().check_conditional_writes(join_uri(local_lake, "p/")) is False, unsafe.__name__
     assert _uris(LocalStore(), join_uri(local_lake, "/")) == []
+
+
+def test_check_conditional_writes_survives_a_retried_create(local_lake: str) -> None:
+    class LostResponse(LocalStore):
+        """The first create landed but its response was lost; the client's retry saw the object."""
+
+        def put_if_absent(self, uri: str, data: bytes) -> ObjectInfo:
+            if self.exists(uri):
+                return super().put_if_absent(uri, data)
+            super().put_if_absent(uri, data)
+            raise PreconditionFailed(f"Local put_if_absent: an object already exists at {uri}")
+
+    assert LostResponse().check_conditional_writes(join_uri(local_lake, "p/")) is True
+    assert _uris(LocalStore(), join_uri(local_lake, "/")) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        StoreAccessError("S3 put_if_match failed for s3://b/p/x: AccessDenied (HTTP 403): denied"),
+        BucketNotFound("S3 put_if_match failed for s3://b/p/x: NoSuchBucket (HTTP 404): gone"),
+        TransientError("S3 put_if_match failed for s3://b/p/x after retries: SlowDown (HTTP 503)"),
+        StorageError("S3 put_if_match failed for s3://b/p/x: InvalidRequest (HTTP 400)"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_check_conditional_writes_lets_other_failures_through(local_lake: str, error: StorageError) -> None:
+    """Only a store that ignored or refused a condition fails the check; anything else is raised
+    as it is, and cleaning up the probes never replaces it."""
+
+    class Failing(LocalStore):
+        def put_if_match(self, uri: str, data: bytes, etag: str) -> ObjectInfo:
+            raise error
+
+        def delete(self, uri: str) -> None:
+            raise TransientError(f"S3 delete failed for {uri} after retries: SlowDown (HTTP 503)")
+
+    with pytest.raises(type(error)) as info:
+        Failing().check_conditional_writes(join_uri(local_lake, "p/"))
+    assert info.value is error
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize(("code", "status"), [("NotImplemented", 501), ("InvalidArgument", 400)])
+def test_s3_store_refusing_conditional_headers_fails_the_check(
+    s3_lake: str, moto_s3_server: str, monkeypatch: pytest.MonkeyPatch, code: str, status: int
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from pgx_core.storage_s3 import S3Store
+
+    store = S3Store(StoreConfig(endpoint_url=moto_s3_server))
+    real_put = store.client.put_object
+
+    def put_object(**kwargs: Any) -> Any:
+        if "IfNoneMatch" in kwargs or "IfMatch" in kwargs:
+            response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+            raise ClientError(response, "PutObject")
+        return real_put(**kwargs)
+
+    monkeypatch.setattr(store.client, "put_object", put_object)
+    assert store.check_conditional_writes(join_uri(s3_lake, "_probe/")) is False
+    assert _uris(store, join_uri(s3_lake, "/")) == []
+
+
+# --- credentials and missing buckets (moto checks signatures and IAM while iam_auth is active) ---
+
+KEY_CANARY = "AKIAPGXCANARY0000001"
+SECRET_CANARY = "pgx-secret-canary-2f9d7c1e"  # noqa: S105 - a canary, not a secret
+
+
+@pytest.fixture
+def iam_auth(s3_bucket: str) -> Iterator[Any]:
+    """moto's IAM backend, with signature and policy checks on (moto accepts any request otherwise).
+
+    Depends on ``s3_bucket`` so the bucket exists before requests start being checked.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.authorization import enable_iam_authentication
+    from moto.iam.models import iam_backends
+
+    with enable_iam_authentication():
+        yield iam_backends[DEFAULT_ACCOUNT_ID]["global"]
+
+
+def _s3_store_in_env(monkeypatch: pytest.MonkeyPatch, endpoint: str, **env: str) -> Any:
+    """An S3 store whose client resolves credentials afresh from this environment."""
+    from pgx_core import storage_s3
+
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in {"AWS_EC2_METADATA_DISABLED": "true", **env}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(storage_s3, "_SESSIONS", {})  # the shared session caches its credentials
+    return storage_s3.S3Store(StoreConfig(endpoint_url=endpoint))
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize(
+    "problem",
+    [
+        ("unknown key", "InvalidAccessKeyId", "the store does not know the access key id"),
+        ("wrong secret", "SignatureDoesNotMatch", "the secret key does not match the access key id"),
+        ("no permission", "AccessDenied", "access to bucket {bucket} is denied (IAM or bucket policy)"),
+    ],
+    ids=lambda p: p[1],
+)
+def test_s3_credential_problems_are_reported_as_such(
+    problem: tuple[str, str, str], s3_lake: str, moto_s3_server: str, iam_auth: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case, code, reason = problem
+    s3_bucket = split_uri(s3_lake)[1]
+    key_id, secret = KEY_CANARY, SECRET_CANARY
+    if case != "unknown key":
+        user = f"pgx-{os.urandom(4).hex()}"
+        iam_auth.create_user(region_name="us-east-1", user_name=user)
+        key = iam_auth.create_access_key(user)
+        key_id = key.access_key_id
+        secret = key.secret_access_key if case == "no permission" else SECRET_CANARY
+    store = _s3_store_in_env(monkeypatch, moto_s3_server, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
+    probes = join_uri(s3_lake, "_probe/")
+    with pytest.raises(StoreAccessError) as info:
+        store.check_conditional_writes(probes)
+    msg = str(info.value)
+    assert msg.startswith(f"S3 put_if_absent failed for {probes}_pgx_probe_")
+    assert f"{code} (HTTP 403): {reason.format(bucket=s3_bucket)}. pgx takes S3 credentials" in msg
+    assert "standard AWS chain (environment variables, a shared profile, or IRSA" in msg
+    assert f"bucket {s3_bucket}" in msg and info.value.exit_code == 64
+    assert "conditional" not in msg
+    calls: list[Callable[[], object]] = [
+        lambda: list(store.list(probes)),
+        lambda: store.read_bytes(join_uri(s3_lake, "x")),
+        lambda: store.head(join_uri(s3_lake, "x")),  # HEAD answers a bare 403
+    ]
+    for call in calls:
+        with pytest.raises(StoreAccessError) as other:
+            call()
+        assert "(HTTP 403)" in str(other.value) and s3_lake in str(other.value)
+        msg += str(other.value) + repr(other.value)
+    for secret_value in (key_id, secret, KEY_CANARY, SECRET_CANARY):
+        assert secret_value not in msg
+
+
+@pytest.mark.s3
+def test_s3_without_any_credentials_says_so(
+    s3_lake: str, s3_bucket: str, moto_s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    store = _s3_store_in_env(
+        monkeypatch, moto_s3_server, AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_CONFIG_FILE=str(empty)
+    )
+    with pytest.raises(StoreAccessError) as info:
+        store.check_conditional_writes(join_uri(s3_lake, "_probe/"))
+    msg = str(info.value)
+    assert (
+        "NoCredentialsError: no credentials were found. pgx takes S3 credentials only from the standard AWS chain"
+        in msg
+    )
+    assert s3_lake in msg and f"bucket {s3_bucket}" in msg and info.value.exit_code == 64
+
+
+@pytest.mark.s3
+def test_s3_missing_bucket_is_named(moto_s3_server: str) -> None:
+    from pgx_core.storage_s3 import S3Store
+
+    store = S3Store(StoreConfig(endpoint_url=moto_s3_server))
+    bucket = f"pgx-missing-{os.urandom(6).hex()}"
+    root = f"s3://{bucket}/lake"
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("list", lambda: list(store.list(root + "/"))),
+        ("put_if_absent", lambda: store.put_if_absent(root + "/state.json", b"{}")),
+        ("write", lambda: store.write_bytes(root + "/x", b"x")),
+        ("read", lambda: store.read_versioned(root + "/state.json")),
+        ("put_if_absent", lambda: store.check_conditional_writes(root + "/_probe/")),
+    ]
+    for op, call in calls:
+        with pytest.raises(BucketNotFound) as info:
+            call()
+        msg = str(info.value)
+        assert msg.startswith(f"S3 {op} failed for {root}/")
+        assert f"NoSuchBucket (HTTP 404): bucket {bucket} does not exist; check the bucket name and " in msg
+        assert info.value.exit_code == 64
+    assert store.head(root + "/x") is None  # HEAD cannot tell a missing bucket from a missing key
+
+
+# --- pyarrow's S3 filesystem: its OSErrors classified -----------------------------------------
+
+_NETWORK = (
+    "When getting information for key 'lake/in/a.parquet' in bucket 'bkt': AWS Error NETWORK_CONNECTION during "
+    "HeadObject operation: curlCode: 7, Could not connect to server; Details: Failed to connect to 127.0.0.1:9 "
+    "after 0 ms: Could not connect to server"
+)
+
+
+def _arrow(where: str, name: str, op: str, tail: str) -> OSError:
+    """An OSError shaped like pyarrow's: ``<where>: AWS Error NAME during OP operation: <tail>``."""
+    return OSError(f"{where}{': ' if where else ''}AWS Error {name} during {op} operation: {tail}")
+
+
+ARROW_CASES: list[tuple[BaseException, type[Exception] | None, str]] = [
+    (
+        OSError(_NETWORK),
+        TransientError,
+        "S3 HeadObject failed for s3://bkt/lake/in/a.parquet after retries: NETWORK_CONNECTION",
+    ),
+    (
+        _arrow("", "NETWORK_CONNECTION", "GetObject", "curlCode: 7, Could not connect to server"),
+        TransientError,
+        "S3 GetObject failed for an S3 object (through pyarrow) after retries: NETWORK_CONNECTION",
+    ),
+    (
+        _arrow("When listing objects under key 'lake/' in bucket 'bkt'", "SLOW_DOWN", "ListObjectsV2", "Slow down"),
+        TransientError,
+        "S3 ListObjectsV2 failed for s3://bkt/lake/ after retries: SLOW_DOWN",
+    ),
+    (
+        _arrow("When reading information for key 'k' in bucket 'bkt'", "UNKNOWN (HTTP status 503)", "GetObject", ""),
+        TransientError,
+        "S3 GetObject failed for s3://bkt/k after retries: UNKNOWN (HTTP 503)",
+    ),
+    (
+        _arrow(
+            "When listing objects under key 'lake/' in bucket 'bkt'",
+            "INVALID_ACCESS_KEY_ID",
+            "ListObjectsV2",
+            "The AWS Access Key Id you provided does not exist in our records. (Request ID: X)",
+        ),
+        StoreAccessError,
+        "S3 ListObjectsV2 failed for s3://bkt/lake/: INVALID_ACCESS_KEY_ID: the store does not know the access key id.",
+    ),
+    (
+        _arrow(
+            "When getting information for key 'k' in bucket 'bkt'", "ACCESS_DENIED", "HeadObject", "No response body."
+        ),
+        StoreAccessError,
+        "S3 HeadObject failed for s3://bkt/k: ACCESS_DENIED: access to bucket bkt is denied (IAM or bucket policy).",
+    ),
+    (
+        _arrow(
+            "When initiating multiple part upload for key 'w.parquet' in bucket 'nob'",
+            "NO_SUCH_BUCKET",
+            "CreateMultipartUpload",
+            "The specified bucket does not exist",
+        ),
+        BucketNotFound,
+        "S3 CreateMultipartUpload failed for s3://nob/w.parquet: NO_SUCH_BUCKET: bucket nob does not exist;",
+    ),
+    (FileNotFoundError("bkt/lake/in/a.parquet"), None, ""),
+    (OSError("Could not open Parquet input source 'x': Parquet magic bytes not found in footer."), None, ""),
+    (ValueError("AWS Error NETWORK_CONNECTION during GetObject operation"), None, ""),
+]
+
+
+@pytest.mark.parametrize(("raised", "expected", "text"), ARROW_CASES)
+def test_arrow_errors_are_classified(raised: BaseException, expected: type[Exception] | None, text: str) -> None:
+    from pgx_core.storage import arrow_error
+
+    got = arrow_error(raised)
+    if expected is None:
+        assert got is None
+        return
+    assert type(got) is expected and str(got).startswith(text)
+    assert "\n" not in str(got) and "curlCode" not in str(got) and "Request ID" not in str(got)
+
+
+def test_arrow_error_of_a_real_outage_is_transient() -> None:
+    import socket
+
+    import pyarrow.fs
+
+    from pgx_core.storage import arrow_error
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    fs = pyarrow.fs.S3FileSystem(
+        endpoint_override=f"127.0.0.1:{port}",
+        scheme="http",
+        region="us-east-1",
+        access_key="x",
+        secret_key="y",  # noqa: S106 - never reaches a server
+        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=1),
+    )
+    with pytest.raises(OSError) as info:
+        fs.get_file_info("bkt/lake/in/a.parquet")
+    got = arrow_error(info.value)
+    assert isinstance(got, TransientError)
+    assert str(got) == "S3 HeadObject failed for s3://bkt/lake/in/a.parquet after retries: NETWORK_CONNECTION"
+
+
+@pytest.mark.s3
+def test_arrow_error_of_rejected_credentials(s3_lake: str, s3_bucket: str, moto_s3_server: str, iam_auth: Any) -> None:
+    import pyarrow.fs
+
+    from pgx_core.storage import arrow_error
+
+    store = open_store(s3_lake, StoreConfig(endpoint_url=moto_s3_server))
+    fs, _ = store.arrow_fs()
+    with pytest.raises(OSError) as info:
+        fs.get_file_info(pyarrow.fs.FileSelector(store.arrow_path(s3_lake + "/"), recursive=True))
+    got = arrow_error(info.value)
+    assert isinstance(got, StoreAccessError) and got.exit_code == 64
+    assert str(got).startswith(
+        f"S3 ListObjectsV2 failed for {s3_lake}/: INVALID_ACCESS_KEY_ID: the store does not know the access key id."
+    )
 
 
 def test_stores_pickle(lake: Lake) -> None:
