@@ -18,7 +18,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pgx_core import clock, paths
@@ -97,7 +97,7 @@ class RunBackup:
         if self.prefix is None:
             owner = {"token": self.run_id, "run_id": self.run_id, "lake": self.lake}
             self.prefix = find_run_backup(self.store, self.backup_root, self.run_id) or claim_prefix(
-                self.store, self.backup_root, _run_start(self.run_id), owner
+                self.store, self.backup_root, clock.run_started(self.run_id), owner
             )
         return self.prefix
 
@@ -116,11 +116,6 @@ class RunBackup:
         return dst
 
 
-def _run_start(run_id: str) -> datetime:
-    """A run's backup prefix is stamped with its start second (or the first free one after)."""
-    return datetime.strptime(run_id.split("-", 1)[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-
-
 def find_run_backup(store: ObjectStore, backup_root: str, run_id: str) -> str | None:
     """The backup prefix claimed by ``run_id`` (None if it made no backup).
 
@@ -128,7 +123,7 @@ def find_run_backup(store: ObjectStore, backup_root: str, run_id: str) -> str | 
     removed, so the seconds from the run's start to its prefix are all taken: the first free one
     ends the search.
     """
-    for prefix in _candidates(backup_root, _run_start(run_id)):
+    for prefix in _candidates(backup_root, clock.run_started(run_id)):
         got = store.read_versioned(paths.backup_claim_object(prefix)) or store.read_versioned(prefix + LEGACY_MARKER)
         if got is None:
             if next(store.list(prefix), None) is None:

@@ -152,6 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     code = runner.execute()
     progress.close()
+    if runner.error:
+        print(f"pgx: {runner.error}", file=sys.stderr)
     doc = {"run_id": runner.run_id, "exit_code": int(code), "summaries": runner.summaries}
 
     def human() -> None:

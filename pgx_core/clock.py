@@ -38,6 +38,11 @@ def is_run_id(value: str) -> bool:
     return _RUN_ID.match(value) is not None
 
 
+def run_started(run_id: str) -> datetime:
+    """The start second a run id carries."""
+    return datetime.strptime(run_id.split("-", 1)[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
 def run_id_from_env() -> str | None:
     """A run id chosen by whoever started the process (the controller sets ``PGX_RUN_ID``).
 

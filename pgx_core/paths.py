@@ -152,8 +152,24 @@ def target_code_prefix(lake: str) -> str:
     return f"{_root(lake)}/gold/target_code/"
 
 
+def staging_parent(lake: str) -> str:
+    """``<lake>/_staging/``: one folder per run below it."""
+    return f"{_root(lake)}/{STAGING_DIR}/"
+
+
 def staging_root(lake: str, run_id: str) -> str:
-    return f"{_root(lake)}/{STAGING_DIR}/{run_id}/"
+    return f"{staging_parent(lake)}{run_id}/"
+
+
+def run_lease_object(lake: str, run_id: str) -> str:
+    """The lease a live run holds on its staging folder (its first object, removed with it last)."""
+    return staging_root(lake, run_id) + "_run.lease.json"
+
+
+def probe_prefix(state_root: str, run_id: str | None = None) -> str:
+    """Where a run probes the state root's conditional writes: ``…/pgx-pipeline-status/_probe/<run_id>/``."""
+    base = state_prefix(state_root, "_probe")
+    return base + (f"{run_id}/" if run_id else "")
 
 
 def staging_object(lake: str, run_id: str, final_uri: str) -> str:

@@ -7,6 +7,7 @@ The per-entity protocol itself (lease, staging, gates, promotion, state) lives i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator
@@ -19,12 +20,13 @@ from pgx_core.executor import Executor, make_executor
 from pgx_core.exitcodes import ExitCode, worst
 from pgx_core.log import bind, get_logger, safe_traceback
 from pgx_core.pluginmanager import Plugins
+from pgx_core.reclaim import reclaim_orphans
 from pgx_core.resources import measured
 from pgx_core.resume import decide
 from pgx_core.runspec import ResolvedStage, RunSpec
 from pgx_core.stage import Entity, RunInfo, Stage
-from pgx_core.state import GlobalTracker, StateStore
-from pgx_core.storage import ObjectStore
+from pgx_core.state import GlobalTracker, Lease, LeaseKeeper, StateStore, acquire_lease
+from pgx_core.storage import ObjectStore, arrow_error
 from pgx_core.worker import EntityOutcome, EntityTask, StoreCache, retry_delay, run_entity_task
 
 log = get_logger(__name__)
@@ -90,6 +92,8 @@ class Runner:
         self.stores = StoreCache(self.run.store_config)
         self.on_progress = on_progress
         self.summaries: list[str] = []
+        self.error: str | None = None  # what ended the run, when something did (PHI-free)
+        self._current: ResolvedStage | None = None
         self._current_tally: summary.StageTally | None = None
         self._tallies: dict[str, list[summary.StageTally]] = {}
 
@@ -113,12 +117,12 @@ class Runner:
         return paths.safe_id(paths.lake_key(self.run.lake), entity.id)
 
     def check_store(self) -> None:
-        """Refuse stores that do not enforce conditional writes (SPEC §7) unless allowed."""
+        """Refuse stores that do not enforce conditional writes unless allowed."""
         if self.spec.spec.s3.allow_unsafe_store:
             log.warning("conditional-write check skipped", extra={"event": "unsafe_store_allowed"})
             return
         for root in {self.run.state_root, self.run.lake}:
-            probe = paths.join(paths.state_prefix(self.run.state_root, "_probe"), self.run_id) + "/"
+            probe = paths.probe_prefix(self.run.state_root, self.run_id)
             if root == self.run.lake:
                 probe = paths.join(paths.staging_root(self.run.lake, self.run_id), "_probe") + "/"
             if not self.stores(root).check_conditional_writes(probe):
@@ -153,57 +157,82 @@ class Runner:
         """Run every selected stage in order; stop after a stage that did not fully succeed."""
         codes: list[ExitCode] = []
         executor: Executor | None = None
-        current: ResolvedStage | None = None
-        with bind(run_id=self.run_id):
+        with bind(run_id=self.run_id), contextlib.ExitStack() as held:
             try:
+                held.enter_context(self._run_lease())
                 self.check_store()
+                reclaim_orphans(
+                    self.lake_store,
+                    self.state_store,
+                    lake=self.run.lake,
+                    state_root=self.run.state_root,
+                    own_run_id=self.run_id,
+                    lease_ttl=float(self.spec.spec.lease_ttl_seconds),
+                )
                 self.plugins.call("pgx_before_run", must_succeed=True, run=self.run, spec=self.spec)
                 executor = make_executor(self.executor_kind, self.stop, run=self.run, warm_modules=self.task_modules())
-                failed_script: str | None = None
-                for rs in self.stages:
-                    # After a stage that did not fully succeed, only its siblings (same stage type,
-                    # e.g. ingest of the other data type) still run: later stages would build on
-                    # incomplete inputs.
-                    if failed_script is not None and rs.stage_cls.script_name != failed_script:
-                        log.warning(
-                            "stage not run",
-                            extra={
-                                "event": "stage_skipped",
-                                "skipped_stage": rs.name,
-                                "reason": "an earlier stage did not fully succeed",
-                            },
-                        )
-                        break
-                    current = rs
-                    if self.stop.is_set():
-                        raise InterruptedRun(f"Stopped (SIGTERM) before stage {rs.name} started")
-                    with bind(stage=rs.name):
-                        code = self._run_stage(rs, executor)
-                    codes.append(code)
-                    current = None
-                    if code != ExitCode.OK:
-                        failed_script = rs.stage_cls.script_name
-            except PgxError as exc:
-                codes.append(exc.exit_code)
-                self._stage_error(current or self.stages[0], exc.exit_code, str(exc))
-                self.plugins.call("pgx_on_run_error", run=self.run, error=exc)
-                log.error(
-                    "run failed", extra={"event": "run_failed", "error": str(exc), "exit_code": int(exc.exit_code)}
-                )
+                codes = self._run_stages(executor)
             except Exception as exc:
-                msg = f"{type(exc).__name__}: {scrub(str(exc))}"
-                codes.append(ExitCode.INTERNAL)
-                self._stage_error(current or self.stages[0], ExitCode.INTERNAL, msg)
-                self.plugins.call("pgx_on_run_error", run=self.run, error=exc)
-                log.error("run crashed", extra={"event": "run_crashed", "error": msg, "frames": safe_traceback(exc)})
+                codes.append(self._run_failed(exc))
             finally:
                 if executor is not None:
                     executor.close()
+                held.close()  # stops renewing the run's lease, which the staging cleanup removes last
                 self._cleanup_staging()
             code = worst(codes)
             self.plugins.call("pgx_after_run", run=self.run, exit_code=int(code), summaries=list(self.summaries))
             log.info("run finished", extra={"event": "run_finished", "exit_code": int(code)})
             return code
+
+    def _run_lease(self) -> LeaseKeeper:
+        """The lease on this run's staging folder, renewed while the keeper is entered, so that no
+        other run takes the folder for a crashed run's leftovers (:mod:`pgx_core.reclaim`)."""
+        uri = paths.run_lease_object(self.run.lake, self.run_id)
+        got = acquire_lease(self.lake_store, uri, self.run_id, float(self.spec.spec.lease_ttl_seconds))
+        if not isinstance(got, Lease):
+            raise UsageError(f"Run id {self.run_id} is already in use by a live run (its lease {uri} is held)")
+        return LeaseKeeper(got)
+
+    def _run_stages(self, executor: Executor) -> list[ExitCode]:
+        codes: list[ExitCode] = []
+        failed_script: str | None = None
+        for rs in self.stages:
+            # After a stage that did not fully succeed, only its siblings (same stage type, e.g.
+            # ingest of the other data type) still run: later stages would build on incomplete inputs.
+            if failed_script is not None and rs.stage_cls.script_name != failed_script:
+                log.warning(
+                    "stage not run",
+                    extra={
+                        "event": "stage_skipped",
+                        "skipped_stage": rs.name,
+                        "reason": "an earlier stage did not fully succeed",
+                    },
+                )
+                break
+            self._current = rs
+            if self.stop.is_set():
+                raise InterruptedRun(f"Stopped (SIGTERM) before stage {rs.name} started")
+            with bind(stage=rs.name):
+                code = self._run_stage(rs, executor)
+            codes.append(code)
+            self._current = None
+            if code != ExitCode.OK:
+                failed_script = rs.stage_cls.script_name
+        return codes
+
+    def _run_failed(self, exc: Exception) -> ExitCode:
+        """A failure that ended the run: recorded in the summary of the stage it hit (the first
+        stage's when none had begun: store check, Ray start), logged, and kept in ``self.error``."""
+        err = exc if isinstance(exc, PgxError) else arrow_error(exc)
+        if err is not None:
+            code, self.error = err.exit_code, str(err)
+            log.error("run failed", extra={"event": "run_failed", "error": self.error, "exit_code": int(code)})
+        else:
+            code, self.error = ExitCode.INTERNAL, f"{type(exc).__name__}: {scrub(str(exc))}"
+            log.error("run crashed", extra={"event": "run_crashed", "error": self.error, "frames": safe_traceback(exc)})
+        self._stage_error(self._current or self.stages[0], code, self.error)
+        self.plugins.call("pgx_on_run_error", run=self.run, error=exc)
+        return code
 
     def _run_stage(self, rs: ResolvedStage, executor: Executor) -> ExitCode:
         tally = summary.StageTally(rs.name, rs.use)

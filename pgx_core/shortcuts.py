@@ -27,6 +27,8 @@ def run_document(doc: dict[str, Any], args: argparse.Namespace, *, source: str, 
     spec = validate_document(doc, source, plugins.registry)
     runner = Runner(spec, plugins, resume=resume, executor=getattr(args, "executor", None))
     code = runner.execute()
+    if runner.error:
+        print(f"pgx: {runner.error}", file=sys.stderr)
     for s in runner.summaries:
         print(f"summary: {s}", file=sys.stdout)
     return int(code)

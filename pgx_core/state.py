@@ -219,6 +219,11 @@ def holder_gone(holder: dict[str, Any]) -> bool:
         return False
 
 
+def lease_is_stale(doc: dict[str, Any]) -> bool:
+    """True when a lease document no longer protects anything: expired, or its holder is gone."""
+    return bool(doc.get("expires_at", 0) < time.time() or holder_gone(doc.get("holder", {})))
+
+
 @dataclass
 class Lease:
     """A held lease. Its etag is the fencing token: renewals are If-Match on it."""
@@ -278,8 +283,7 @@ def acquire_lease(store: ObjectStore, uri: str, run_id: str, ttl: float) -> Leas
             # Our own create whose response was lost (and retried by the client): it is ours.
             lease.etag = etag
             return lease
-        stale = doc.get("expires_at", 0) < time.time() or holder_gone(doc.get("holder", {}))
-        if not stale:
+        if not lease_is_stale(doc):
             return dict(doc)
         try:
             lease.etag = store.put_if_match(uri, lease._body(), etag).etag

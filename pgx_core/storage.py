@@ -159,6 +159,13 @@ class ObjectStore(abc.ABC):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object under ``prefix`` (recursive), sorted by URI."""
 
+    @abc.abstractmethod
+    def list_children(self, prefix: str) -> builtins.list[str]:
+        """The sub-prefixes directly under the folder ``prefix`` (``…/``), each ending in ``/``, sorted.
+
+        One request however many objects lie below them (S3: a delimiter listing).
+        """
+
     # --- copy, replace, delete ---------------------------------------------------------------
     @abc.abstractmethod
     def copy(self, src: str, dst: str) -> ObjectInfo:
@@ -634,6 +641,17 @@ class LocalStore(ObjectStore):
             raise _os_error("list", prefix, exc) from exc
         found.sort(key=lambda info: info.uri)
         return iter(found)
+
+    def list_children(self, prefix: str) -> builtins.list[str]:
+        """The sub-prefixes directly under the folder ``prefix`` (``…/``), each ending in ``/``, sorted."""
+        base = prefix if prefix.endswith("/") else prefix + "/"
+        try:
+            entries = list(os.scandir(self.path_of(base)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise _os_error("list", prefix, exc) from exc
+        return sorted(base + e.name + "/" for e in entries if e.is_dir(follow_symlinks=False))
 
     def _scan(self, directory: str, start: str, out: builtins.list[ObjectInfo]) -> None:
         try:

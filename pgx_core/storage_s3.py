@@ -8,6 +8,7 @@ close) so a reader never mixes two versions and an aborted writer never publishe
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import os
@@ -339,6 +340,14 @@ class S3Store(ObjectStore):
         # buckets and some S3-compatible servers do not.
         found.sort(key=lambda info: info.uri)
         return iter(found)
+
+    def list_children(self, prefix: str) -> builtins.list[str]:
+        """The sub-prefixes directly under the folder ``prefix`` (``…/``), each ending in ``/``, sorted."""
+        base = prefix if prefix.endswith("/") else prefix + "/"
+        bucket, key = self._bucket_key(base)
+        with _s3_errors("list", base):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key, Delimiter="/")
+            return sorted(f"s3://{bucket}/{cp['Prefix']}" for page in pages for cp in page.get("CommonPrefixes", []))
 
     # --- copy, replace, delete ---------------------------------------------------------------
     def copy(self, src: str, dst: str) -> ObjectInfo:

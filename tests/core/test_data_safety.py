@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pgx_core import paths
+from pgx_core import clock, paths
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
 from tests.core.lake_helpers import data_objects, input_table, put_table, run_json, write_spec
 
@@ -264,3 +264,79 @@ def test_an_s3_outage_inside_a_stage_is_transient_not_a_stage_bug() -> None:
         _process(Reader(OSError("disk full")), None, ctx)  # type: ignore[arg-type]
 
 
+# --- orphans --------------------------------------------------------------------------------------
+
+
+def _staged_runs(store: ObjectStore, lake: str) -> dict[str, int]:
+    """Objects per run folder under the lake's staging."""
+    out: dict[str, int] = {}
+    for info in store.list(paths.join(lake, "_staging") + "/"):
+        run_id = paths.relative(info.uri, paths.join(lake, "_staging")).split("/", 1)[0]
+        out[run_id] = out.get(run_id, 0) + 1
+    return out
+
+
+def test_a_crashed_runs_staging_is_reclaimed_by_the_next_run(
+    lake: tuple[str, StoreConfig], tmp_path: Path, teststage: Path
+) -> None:
+    uri, cfg = lake
+    store = open_store(uri, cfg)
+    _seed(store, uri, salt=0)
+    spec = write_spec(tmp_path, uri, cfg)
+    crashed = subprocess.run(
+        [sys.executable, "-m", "pgx_core", "run", str(spec)],
+        env={**os.environ, "PGX_FAILPOINTS": "after_staging=kill@2"},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert crashed.returncode == -9
+    [dead_run] = _staged_runs(store, uri)
+    staged = [i.uri for i in store.list(paths.staging_root(uri, dead_run))]
+    assert any(u.endswith(".parquet") for u in staged), staged  # row data, left behind by the crash
+    # A young folder without a lease (a run just starting) and another runner's files are left alone.
+    young = clock.new_run_id()
+    store.write_bytes(paths.staging_root(uri, young) + "gold/x.parquet", b"x")
+    store.write_bytes(paths.join(uri, "_staging", "not-a-run", "keep.txt"), b"k")
+    assert run_json(spec)[0] == 0
+    left = _staged_runs(store, uri)
+    assert dead_run not in left and left == {young: 1, "not-a-run": 1}
+
+
+def test_a_live_runs_staging_is_never_reclaimed(replaced: tuple[str, StoreConfig, str], tmp_path: Path) -> None:
+    lake, cfg, _ = replaced
+    store = open_store(lake, cfg)
+    spec = write_spec(tmp_path, lake, cfg)
+    fp_dir = tmp_path / "fp"
+    fp_dir.mkdir()
+    env = {**os.environ, "PGX_FAILPOINTS": "after_plan=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
+    cmd = [sys.executable, "-m", "pgx_core", "run", str(spec), "--json"]
+    a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_for(fp_dir / "after_plan.reached", a)
+        [live] = _staged_runs(store, lake)
+        time.sleep(6)  # older than the lease's lifetime (5 s): only its renewed lease protects it
+        assert run_json(spec)[0] == 0  # another run reclaims orphans, and finds this one alive
+        assert live in _staged_runs(store, lake)
+        (fp_dir / "after_plan.release").touch()
+        _, err = a.communicate(timeout=120)
+    finally:
+        a.kill()
+    assert a.returncode == 0, err[-2000:]
+    assert _staged_runs(store, lake) == {}
+
+
+def test_stale_state_probes_are_reclaimed(lake: tuple[str, StoreConfig], tmp_path: Path, teststage: Path) -> None:
+    from datetime import timedelta
+
+    uri, cfg = lake
+    store = open_store(uri, cfg)
+    _seed(store, uri, salt=0)
+    state_root = paths.join(uri, "_state")
+    old = clock.new_run_id(clock.utcnow() - timedelta(hours=2))
+    recent = clock.new_run_id()
+    for run_id in (old, recent):
+        store.write_bytes(paths.probe_prefix(state_root, run_id) + "_pgx_probe_x_create", b"probe 1")
+    assert run_json(write_spec(tmp_path, uri, cfg))[0] == 0
+    left = {paths.relative(i.uri, paths.probe_prefix(state_root)) for i in store.list(paths.probe_prefix(state_root))}
+    assert left == {f"{recent}/_pgx_probe_x_create"}

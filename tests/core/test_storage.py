@@ -132,6 +132,17 @@ def test_list_is_sorted_recursive_and_prefix_based(lake: Lake) -> None:
     _assert_clean_listing(store, root)
 
 
+def test_list_children_names_the_folders_directly_below(lake: Lake) -> None:
+    store, root = _store(lake), lake[0]
+    for k in ["r/b/2.txt", "r/a/x/y/z.txt", "r/a/1.txt", "r/top.txt", "r/ab/1.txt"]:
+        store.write_bytes(join_uri(root, k), b"x")
+    expected = [join_uri(root, f"r/{d}/") for d in ("a", "ab", "b")]
+    assert store.list_children(join_uri(root, "r/")) == expected
+    assert store.list_children(join_uri(root, "r")) == expected  # a folder, with or without its slash
+    assert store.list_children(join_uri(root, "r/a/")) == [join_uri(root, "r/a/x/")]
+    assert store.list_children(join_uri(root, "nothing/")) == []
+
+
 def test_copy(lake: Lake) -> None:
     store, root = _store(lake), lake[0]
     src, dst = join_uri(root, "silver/a.bin"), join_uri(root, "backup/x/a.bin")

@@ -57,8 +57,14 @@ def pgx_env(*args: str, **aws: str) -> subprocess.CompletedProcess[str]:
 
 
 def log_lines(stderr: str) -> list[dict[str, Any]]:
-    """The JSON log lines of a run; every stderr line must be one (no traceback, no raw text)."""
-    return [json.loads(line) for line in stderr.splitlines()]
+    """The JSON log lines of a run; every other stderr line must be its one ``pgx: …`` message
+    (no traceback, no raw text)."""
+    return [json.loads(line) for line in stderr.splitlines() if not line.startswith("pgx: ")]
+
+
+def message_lines(stderr: str) -> list[str]:
+    """The human ``pgx: …`` lines of stderr (at most one: what ended the run)."""
+    return [line for line in stderr.splitlines() if line.startswith("pgx: ")]
 
 
 def log_events(stderr: str) -> dict[str, dict[str, Any]]:
@@ -192,6 +198,7 @@ def test_run_with_endpoint_down_names_what_failed_exit_75(tmp_path: Path, testst
     error = events["run_failed"]["error"]
     assert error.startswith(f"S3 put_if_absent failed for {lake}/")
     assert error.endswith(f" after retries: EndpointConnectionError talking to {endpoint}")
+    assert message_lines(proc.stderr) == [f"pgx: {error}"]  # and one line says so to a human
     # Scrubbed messages keep the run id and the prefix.
     staging = paths.staging_root(lake, doc["run_id"])
     assert events["staging_cleanup_failed"]["error"].startswith(f"S3 list failed for {staging}")
