@@ -19,7 +19,7 @@ class TargetFrequencyParams(StageParams):
     suppress_below: int = Field(
         default=SUPPRESSION_THRESHOLD,
         ge=0,
-        description="frequencies below this are written as NULL (SPEC §6.6: 11); 0 keeps exact counts",
+        description="frequencies below this are written as NULL (small-cell suppression); 0 keeps exact counts",
     )
     chunk_rows: int | None = Field(
         default=None, ge=1, description="rows per batch read; default sized from memoryBudgetMb"
