@@ -45,6 +45,7 @@ class StageTally:
         )
     )
     backups: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
     codes: list[ExitCode] = field(default_factory=list)  # exit code implied by each entity outcome
     exit_code: ExitCode = ExitCode.OK
     error: str | None = None
@@ -78,6 +79,7 @@ class StageTally:
         self.totals["rows_quarantined"] += o.rows_quarantined
         add_counts(self.stats, o.stats)
         self.backups.update(o.backups)
+        self.removed.update(o.removed)
         self.codes.append(ExitCode(o.exit_code))
         self.peak_item_rss_mb = max(self.peak_item_rss_mb, o.peak_rss_mb)
         entry: dict[str, Any] = {
@@ -92,6 +94,8 @@ class StageTally:
             "peak_rss_mb": o.peak_rss_mb,
             "stats": nest(o.stats),
         }
+        if o.removed:
+            entry["removed"] = sorted(o.removed)
         if o.error:
             entry["error"] = o.error
         self.entities.append(entry)
@@ -123,6 +127,7 @@ def build(
     stats: dict[str, int] = {}
     entities: list[dict[str, Any]] = []
     backups: set[str] = set()
+    removed: set[str] = set()
     codes = []
     errors = []
     for t in tallies:
@@ -130,6 +135,7 @@ def build(
         add_counts(stats, t.stats)
         entities.extend(t.entities)
         backups |= t.backups
+        removed |= t.removed
         codes.append(t.exit_code)
         if t.error:
             errors.append(t.error)
@@ -167,6 +173,8 @@ def build(
         "plugin": plugin,
         "spec_fingerprint": spec_fingerprint,
         "backups": sorted(backups),
+        # Outputs this run deleted because their input no longer yields them (backed up first).
+        "removed": sorted(removed),
         "error": error,
     }
 

@@ -82,6 +82,7 @@ class EntityOutcome:
     stats: dict[str, int] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     backups: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # stale outputs deleted (after their backup)
     error: str | None = None
     attempts: int = 1
     duration_sec: float = 0.0
@@ -185,10 +186,12 @@ def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOut
                 )
                 if out.rewrites is not None:
                     _record_rewrite(state_store, run, out.rewrites, promoted[-1])
+            # Stale outputs go only with a passing gate, backed up first, and the summary names them.
             for uri in result.deletes if data_error is None else []:
                 if backup.backup(uri) is not None:
                     keeper.renew()
                     lake_store.delete(uri)
+                    outcome.removed.append(uri)
             assert previous is not None
             records = [_record(p) for p in promoted] + [
                 _unchanged_record(lake_store, u, previous) for u in result.unchanged

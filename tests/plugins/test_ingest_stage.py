@@ -283,3 +283,21 @@ def test_a_raw_folder_with_no_raw_file_changes_nothing_and_exits_2(tmp_path: Pat
     assert doc["status"] == "error" and doc["status_code"] == 2
     assert f"found no raw .txt or .csv file under {(lake / 'raw' / 'pharmacy').as_uri()}/" in doc["error"]
     assert not (lake / "bronze").exists()
+
+
+def test_a_stale_output_is_removed_only_after_its_backup_and_the_summary_names_it(tmp_path: Path) -> None:
+    lake, _ = hostile_lake(tmp_path, rows=5)
+    path = spec(tmp_path, lake, INGEST[:1])
+    assert run(path)[0] == 0
+    bronze = lake / "bronze" / "pharmacy" / "y.parquet"
+    before = bronze.read_bytes()
+    # The extract y.txt is re-delivered empty (header only): its old rows must not stay live in bronze.
+    (lake / "raw" / "pharmacy" / "y.txt").write_bytes(layout.header_line("pharmacy").encode() + b"\n")
+    code, runner = run(path)
+    assert code == 0 and not bronze.exists()
+    doc = summary(lake, "txt_to_parquet", runner.run_id)
+    assert doc["removed"] == [bronze.as_uri()]
+    [entry] = [e for e in doc["entities"] if e.get("removed")]
+    assert entry["entity"] == "local__pharmacy__y" and entry["stats"] == {"EMPTY_EXTRACT": 1}
+    [prefix] = doc["backups"]
+    assert Path(prefix.removeprefix("file://"), "bronze", "pharmacy", "y.parquet").read_bytes() == before
