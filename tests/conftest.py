@@ -94,3 +94,27 @@ def pgx(
     if check and proc.returncode != 0:
         raise AssertionError(f"pgx {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def pgx_popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start the ``pgx`` CLI in the background (output captured as text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgx_core", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Wait until ``path`` exists (e.g. a fail point's ``.reached`` marker) while ``proc`` runs."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"pgx ended ({proc.returncode}) before {path.name} appeared")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path.name} did not appear within {timeout:.0f} s")
+        time.sleep(0.05)

@@ -148,27 +148,18 @@ def test_seed_compatible_shortcuts_map_flags_onto_one_stage_specs() -> None:
 
 def test_a_bad_run_id_is_a_usage_error(tmp_path: Path) -> None:
     spec = tmp_path / "s.yaml"
-    spec.write_text(
-        THREE_ERRORS.replace("executor: {type: spark}\n  limit: -1\n", "")
-        .replace("line-count", "ingest")
-        .replace("{chunkBytes: tiny}", "{dataType: pharmacy}")
-    )
+    spec.write_text("apiVersion: pgx.io/v1alpha1\nkind: PipelineRun\nmetadata: {name: rb}\n"
+                    "spec: {lake: 'file:///tmp/x', stages: [{use: ingest, with: {dataType: pharmacy}}]}\n")
     proc = pgx("rollback", str(spec), "--run-id", "yesterday")
     assert proc.returncode == 64, proc.stderr
     assert "expected a run id such as 20261126T101500Z-3f9c2a7e, got 'yesterday'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_a_closed_stdout_ends_quietly_with_the_commands_own_code(tmp_path: Path) -> None:
+def test_a_closed_stdout_ends_quietly_with_the_commands_own_code() -> None:
     import subprocess
     import sys
 
-    spec = tmp_path / "s.yaml"
-    spec.write_text(
-        THREE_ERRORS.replace("executor: {type: spark}\n  limit: -1\n", "")
-        .replace("line-count", "ingest")
-        .replace("{chunkBytes: tiny}", "{dataType: pharmacy}")
-    )
     # The reader is gone before pgx writes a byte (as `pgx plugins | head -0` would leave it).
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgx_core", "plugins"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

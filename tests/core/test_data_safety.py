@@ -15,6 +15,7 @@ import pytest
 
 from pgx_core import clock, paths
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
+from tests.conftest import pgx_popen, wait_for_file
 from tests.core.lake_helpers import data_objects, input_table, put_table, run_json, write_spec
 
 ENTITIES = 4
@@ -78,11 +79,11 @@ def test_a_run_overtaken_after_planning_does_not_promote_again(
     spec = write_spec(tmp_path, lake, cfg)
     fp_dir = tmp_path / "fp"
     fp_dir.mkdir()
-    env = {"PGX_FAILPOINTS": "after_plan=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
-    cmd = [sys.executable, "-m", "pgx_core", "run", str(spec), "--json"]
-    b = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    b = pgx_popen(
+        "run", str(spec), "--json", env={"PGX_FAILPOINTS": "after_plan=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
+    )
     try:
-        _wait_for(fp_dir / "after_plan.reached", b)
+        wait_for_file(fp_dir / "after_plan.reached", b)
         code_a, _ = run_json(spec)  # A runs while B is paused after planning
         assert code_a == 0
         (fp_dir / "after_plan.release").touch()
@@ -104,8 +105,7 @@ def test_two_runs_started_together_promote_each_entity_once(
     lake, cfg, seed_run = replaced
     store = open_store(lake, cfg)
     spec = write_spec(tmp_path, lake, cfg, delaySec=0.3)
-    cmd = [sys.executable, "-m", "pgx_core", "run", str(spec), "--json"]
-    runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    runs = [pgx_popen("run", str(spec), "--json") for _ in range(2)]
     ends = [p.communicate(timeout=180) for p in runs]
     assert {p.returncode for p in runs} <= {0, 3}, [err[-2000:] for _, err in ends]
     # Whatever one run left locked, a third run finishes; nothing is promoted twice.
@@ -114,16 +114,6 @@ def test_two_runs_started_together_promote_each_entity_once(
     assert len(promotions) == ENTITIES and set(promotions.values()) == {1}, promotions
     assert set(_backup_copies(store, lake).values()) == {1}
     assert data_objects(store, lake) == _reference(lake, cfg, tmp_path)
-
-
-def _wait_for(marker: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended ({proc.returncode}) before reaching {marker.name}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{marker.name} not reached in {timeout} s")
-        time.sleep(0.05)
 
 
 # --- backup prefixes ------------------------------------------------------------------------------
@@ -309,11 +299,11 @@ def test_a_live_runs_staging_is_never_reclaimed(replaced: tuple[str, StoreConfig
     spec = write_spec(tmp_path, lake, cfg)
     fp_dir = tmp_path / "fp"
     fp_dir.mkdir()
-    env = {**os.environ, "PGX_FAILPOINTS": "after_plan=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
-    cmd = [sys.executable, "-m", "pgx_core", "run", str(spec), "--json"]
-    a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    a = pgx_popen(
+        "run", str(spec), "--json", env={"PGX_FAILPOINTS": "after_plan=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
+    )
     try:
-        _wait_for(fp_dir / "after_plan.reached", a)
+        wait_for_file(fp_dir / "after_plan.reached", a)
         [live] = _staged_runs(store, lake)
         time.sleep(6)  # older than the lease's lifetime (5 s): only its renewed lease protects it
         assert run_json(spec)[0] == 0  # another run reclaims orphans, and finds this one alive

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,6 +22,7 @@ from pgx_core.runspec import load_spec
 from pgx_core.storage import open_store
 from tests.conftest import SUPPORT, pgx
 from tests.core.lake_helpers import data_objects, input_table, put_table, summaries
+from tests.integration.ray_head import head_env, ray_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 
@@ -111,40 +110,14 @@ def test_killed_worker_is_retried_and_the_lake_is_identical(ray_session: None, t
     assert data_objects(open_store(lake), lake) == data_objects(open_store(ref), ref)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_joins_a_separately_started_ray_head(tmp_path: Path, teststage: Path) -> None:
     ref, lake = (tmp_path / "ref").as_uri(), (tmp_path / "cluster").as_uri()
     seed(ref)
     seed(lake)
     assert run_here(spec_file(tmp_path, ref, {"type": "local"}, "ref"))[0] == 0
-    port = _free_port()
-    ray_bin = Path(sys.executable).parent / "ray"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
-    env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    env = head_env()
+    with ray_head(env) as (port, _):
         spec = spec_file(tmp_path, lake, {"type": "ray", "address": f"127.0.0.1:{port}"}, "cluster")
         proc = None
         for _ in range(30):  # the head takes a few seconds to accept drivers
@@ -155,9 +128,6 @@ def test_joins_a_separately_started_ray_head(tmp_path: Path, teststage: Path) ->
         assert proc is not None and proc.returncode == 0, proc.stderr[-3000:]
         assert '"event": "ray_join"' in proc.stderr
         assert data_objects(open_store(lake), lake) == data_objects(open_store(ref), ref)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
 
 
 def test_one_json_log_line_per_entity_off_a_terminal(tmp_path: Path, teststage: Path) -> None:

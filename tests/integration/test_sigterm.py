@@ -9,11 +9,8 @@ the test sends SIGTERM while it waits, then lets it go on.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from pgx_apcd import layout
 from pgx_apcd.sample import generate
 
 from pgx_core import clock
-from tests.conftest import local_spec, run_spec
+from tests.conftest import local_spec, pgx_popen, run_spec, wait_for_file
 from tests.plugins.test_impute_stage import zone_digest
 
 pytestmark = pytest.mark.integration
@@ -82,20 +79,11 @@ def test_sigterm_at_any_phase_ends_cleanly(
     fp_dir = tmp_path / "fp"
     fp_dir.mkdir()
     point = PHASES[phase]
-    env = {**os.environ, "PGX_FAILPOINTS": f"{point}=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgx_core", "run", str(spec), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    proc = pgx_popen(
+        "run", str(spec), "--json", env={"PGX_FAILPOINTS": f"{point}=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
     )
     try:
-        deadline = time.monotonic() + 120
-        while not (fp_dir / f"{point}.reached").exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, f"{point} not reached"
-            time.sleep(0.05)
+        wait_for_file(fp_dir / f"{point}.reached", proc)
         signalled_at = clock.iso()
         proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)  # the driver sees the signal while the run is held at the point
