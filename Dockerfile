@@ -1,5 +1,5 @@
 # pgx: one image for the pipeline driver (`pgx run …`) and for Ray workers (KubeRay runs
-# `ray start` in it). SPEC §12: non-root numeric user, no secrets, entrypoint `pgx`.
+# `ray start` in it): non-root numeric user, no secrets, entrypoint `pgx`.
 #
 #   docker build -t pgx:0.1.0 .
 #   docker run --rm --read-only --tmpfs /tmp pgx:0.1.0 demo --dir /tmp/demo

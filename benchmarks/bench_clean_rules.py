@@ -6,7 +6,7 @@ duplicates, some differing only in whitespace or in imputed values), then times
 
 * pgx: ``clean_partition`` (Arrow in, Arrow out);
 * DuckDB: one SQL statement with the same projection, normalization, casts, duplicate removal
-  (``QUALIFY row_number() OVER (PARTITION BY <every Appendix A column> ...)``), NDC and drug-name
+  (``QUALIFY row_number() OVER (PARTITION BY <every layout column> ...)``), NDC and drug-name
   rules, drug-map join and sort, read from and returned as Arrow.
 
 Both outputs are compared cell by cell, so the benchmark doubles as a cross-check of the rules
@@ -174,7 +174,7 @@ def make_silver(dataset: Dataset, rows: int, seed: int = 7, dup_rate: float = 0.
         padded = pc.binary_join_element_wise(dups["claim_status"], "  ", "")
         dups = dups.set_column(i, "claim_status", pc.if_else(pad, padded, dups["claim_status"]))
         table = pa.concat_tables([table, dups])
-    silver_order = ("mi_person_key", "incurred_date", "_source_file", "_source_line")  # SPEC §6.3 step 6
+    silver_order = ("mi_person_key", "incurred_date", "_source_file", "_source_line")  # as impute writes silver
     order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in silver_order])
     return table.take(order).combine_chunks()
 
@@ -189,7 +189,7 @@ def make_drug_map() -> DrugMap:
 # DuckDB formulation
 
 
-# RE2 (DuckDB's regex engine too) for the §2 trim set; faster in DuckDB than trim(x, chars).
+# RE2 (DuckDB's regex engine too) for the ASCII trim set; faster in DuckDB than trim(x, chars).
 _TRIM_RE = r"^[\x09-\x0d ]+|[\x09-\x0d ]+$"
 
 

@@ -11,7 +11,7 @@ in a fresh subprocess, so that its peak memory is the bucket's own::
 Prints rows/s (wall and CPU), the Arrow pool's peak and peak RSS against the bucket's Arrow, raw text
 and Parquet sizes (the factors behind ``rules.estimate_bucket_count``), the pyarrow I/O floor (read
 the bronze Parquet + write the silver Parquet), and with ``--duckdb`` DuckDB running the same rules
-(a SQL rendering of SPEC §6.3 steps 1-6, wide sorted silver rows to Arrow), whose imputed values,
+(a SQL rendering of imputation steps 1-6, wide sorted silver rows to Arrow), whose imputed values,
 sources, bands, years and row order are checked against ``impute_bucket``'s.
 """
 
@@ -212,7 +212,7 @@ def main() -> None:
 
 
 def _duckdb(bronze: dict[str, pa.Table]) -> tuple[float, dict[str, pa.Table]]:
-    """SPEC §6.3 steps 1-6 in DuckDB SQL, ending with sorted wide silver rows as Arrow tables."""
+    """Imputation steps 1-6 in DuckDB SQL, ending with sorted wide silver rows as Arrow tables."""
     import duckdb
 
     ws = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"

@@ -1,4 +1,4 @@
-"""Ingest parse benchmark: pgx ``ingest_stream`` against the pyarrow I/O floor and DuckDB (SPEC §13).
+"""Ingest parse benchmark: pgx ``ingest_stream`` against the pyarrow I/O floor and DuckDB.
 
     PYTHONPATH=.:plugins .venv/bin/python benchmarks/bench_ingest_parse.py --rows 1000000
 

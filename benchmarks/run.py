@@ -1,4 +1,4 @@
-"""End-to-end benchmark of pgx (SPEC §13): the whole pipeline against DuckDB and the pyarrow I/O floor.
+"""End-to-end benchmark of pgx: the whole pipeline against DuckDB and the pyarrow I/O floor.
 
     python benchmarks/run.py --rows N [--executor ray|local] [--budget-mb M]
                              [--scaling 250000,500000,1000000] [--out benchmarks/results.json] [--skip-duckdb]
@@ -15,7 +15,7 @@ Method
    ``getrusage(RUSAGE_CHILDREN)`` reports for it: the driver and the descendants it reaped) and,
    because Ray workers live in processes the driver does not reap, also by sampling the summed RSS
    of the whole process tree every 0.25 s (an over-estimate: shared pages, e.g. Ray's object store,
-   count once per process). Per stage, from the run summaries (SPEC §8): ``duration_sec`` (the
+   count once per process). Per stage, from the run summaries: ``duration_sec`` (the
    stage's own wall time), ``totals.rows_in`` and ``resources.peak_item_rss_mb`` (the largest RSS
    of any one work item). rows/s = rows_in / duration; MB/s = input bytes / duration, where the
    input is raw text for ingest, bronze Parquet for impute, silver Parquet for clean and gold
@@ -24,9 +24,9 @@ Method
    input, timing the whole job (read, transform, write Parquet):
    ingest — ``read_csv(delim='|', quote='', all_varchar=true)`` → ``COPY … TO parquet`` on a UTF-8
    transcoded copy of each raw file (DuckDB has no CP1252 decoder offline; transcoding untimed);
-   impute — ``bench_impute_rules._duckdb`` (SPEC §6.3 steps 1-6 in SQL) on the bronze tables, silver
+   impute — ``bench_impute_rules._duckdb`` (imputation steps 1-6 in SQL) on the bronze tables, silver
    written with pyarrow; clean — ``bench_clean_rules.duckdb_sql`` per data type over the silver
-   Parquet; update-codes — SPEC §6.5's diagnosis/procedure rule in SQL (regexp) over gold medical.
+   Parquet; update-codes — its diagnosis/procedure rule in SQL (regexp) over gold medical.
    target-frequency has no DuckDB rendering (—). Caveat: update-codes rewrites gold in place, so the
    DuckDB and floor jobs of update-codes read the gold *after* pass 2 (same size and shape, the
    rules do the same work; pass 2 is idempotent).
@@ -260,7 +260,7 @@ def run_pgx(root: Path, rows: int, executor: str, budget_mb: int) -> PgxRun:
 
 
 def _update_codes_sql(glob: str, target_map: dict[str, str], columns: list[str]) -> str:
-    """SPEC §6.5 for gold medical: ICD diagnosis columns normalized, procedure columns upper/no spaces."""
+    """Update-codes for gold medical: ICD diagnosis columns normalized, procedure columns upper/no spaces."""
     def key(k: str) -> str:
         return k.upper().replace(".", "").replace(" ", "").replace("'", "''")
 

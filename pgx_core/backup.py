@@ -1,4 +1,4 @@
-"""Backups (SPEC §9): whole-prefix backups and the per-run backup prefix used by promotion.
+"""Backups: whole-prefix backups and the per-run backup prefix used by promotion.
 
 A backup prefix is ``<backup_root>/backup_<YYYYmmddTHHMMSSZ>/``; objects inside keep their key
 relative to what was backed up (for run backups: relative to the lake root), so a rollback knows

@@ -1,4 +1,4 @@
-"""The ``pgx`` command line (SPEC §5). Parses arguments, calls the runtime, maps errors to exit codes.
+"""The ``pgx`` command line. Parses arguments, calls the runtime, maps errors to exit codes.
 
 No business logic lives here. Human output goes to stdout on a terminal; ``--json`` prints one JSON
 document instead. Logs are JSON lines on stderr.
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("outdir")
     sp.add_argument("--rows", type=int, default=20_000)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--defects", action="store_true", help="inject every defect of SPEC Appendix B")
+    sp.add_argument("--defects", action="store_true", help="plant every reject and quarantine reason at known lines")
 
     sp = add("impute", cmd_impute, "seed-compatible: global imputation of bronze into silver")
     sp.add_argument("--pharmacy-input", help="bronze pharmacy prefix or glob")

@@ -1,4 +1,4 @@
-"""Time stamps and run ids in the exact formats of SPEC §7-§9."""
+"""Time stamps and run ids in the exact formats that state, summaries and backups use."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def run_started(run_id: str) -> datetime:
 def run_id_from_env() -> str | None:
     """A run id chosen by whoever started the process (the controller sets ``PGX_RUN_ID``).
 
-    Must have the SPEC §8 shape; anything else is a usage error rather than silently replaced.
+    Must have the run id shape; anything else is a usage error rather than silently replaced.
     """
     value = os.environ.get(RUN_ID_ENV)
     if not value:

@@ -57,7 +57,7 @@ LABEL_RUN = "pgx.io/run-name"
 LABEL_GENERATION = "pgx.io/generation"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 TERMINAL = ("Succeeded", "Failed")
-# SPEC §5: what a pgx exit code means, as (reason, message).
+# What a pgx exit code means, as (reason, message).
 EXIT_MEANING: dict[int, tuple[str, str]] = {
     int(ExitCode.OK): ("Succeeded", "everything planned is completed or was already completed"),
     int(ExitCode.INTERNAL): ("InternalError", "unexpected internal error"),

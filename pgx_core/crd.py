@@ -90,7 +90,7 @@ def spec_schema() -> dict[str, Any]:
     """The structural schema of ``.spec``, from :class:`pgx_core.runspec.Spec`."""
     raw = Spec.model_json_schema(by_alias=True, mode="validation")
     schema = structural(raw, raw.get("$defs", {}))
-    schema["description"] = "The run spec (SPEC §4): the same keys as `spec:` of a run-spec file."
+    schema["description"] = "The run spec: the same keys as `spec:` of a run-spec file."
     return schema
 
 
@@ -131,7 +131,7 @@ def crd_manifest() -> dict[str, Any]:
     """The CustomResourceDefinition ``pipelineruns.pgx.io`` (apiextensions.k8s.io/v1)."""
     schema = {
         "type": "object",
-        "description": "A pgx pipeline run (SPEC §4); pgx controller runs each generation once as a Job.",
+        "description": "A pgx pipeline run; pgx controller runs each generation once as a Job.",
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},

@@ -29,7 +29,7 @@ DRUG_MAP = {"HYDRALAZINE HCL": "hydralazine_hydrochloride", "APAP/CODEINE": "ace
 
 
 def pipeline(target_map: str, drug_map: str) -> list[dict[str, Any]]:
-    """The pipeline in SPEC §1 order."""
+    """The whole pipeline, every built-in stage in order."""
     return [
         {"use": "ingest", "name": "ingest-pharmacy", "with": {"dataType": "pharmacy"}},
         {"use": "ingest", "name": "ingest-medical", "with": {"dataType": "medical"}},

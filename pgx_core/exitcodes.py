@@ -1,4 +1,4 @@
-"""Process exit codes (SPEC §5). Kubernetes ``podFailurePolicy`` relies on these exact values."""
+"""Process exit codes. Kubernetes ``podFailurePolicy`` relies on these exact values."""
 
 from __future__ import annotations
 

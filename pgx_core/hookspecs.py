@@ -1,4 +1,4 @@
-"""Hook specifications of pgx (SPEC §11). Every hook is prefixed ``pgx_`` and runs in the driver.
+"""Hook specifications of pgx. Every hook is prefixed ``pgx_`` and runs in the driver.
 
 Plugins implement these with ``@pgx_core.hookspecs.hookimpl``. Stages are *registered* through
 :func:`pgx_register_stages`; the core then calls the Stage class directly. The lifecycle hooks are
@@ -59,7 +59,7 @@ def pgx_after_run(run: RunInfo, exit_code: int, summaries: list[str]) -> None:
 
     Args:
         run: run-wide facts.
-        exit_code: the process exit code the run will return (SPEC §5).
+        exit_code: the process exit code the run will return (:class:`pgx_core.exitcodes.ExitCode`).
         summaries: URIs of the summary objects written by this run.
 
     Returns:

@@ -1,4 +1,4 @@
-"""JSON-lines logging on stderr (SPEC §10): ``ts, level, run_id, stage, entity, event, counts…``.
+"""JSON-lines logging on stderr: ``ts, level, run_id, stage, entity, event, counts…``.
 
 Messages and extra fields must be PHI-free: callers pass counts, ids of entities (file stems,
 partitions) and reason codes, never data values. ``bind()`` sets run-wide context fields.

@@ -1,4 +1,4 @@
-"""Every lake path (SPEC §3). Nothing else in pgx formats a lake path.
+"""Every lake path. Nothing else in pgx formats a lake path.
 
 Lake URIs are ``s3://BUCKET[/PREFIX]`` or ``file:///ABS/PATH``. Helpers return URIs with a
 trailing ``/`` for prefixes and without one for objects.
@@ -66,7 +66,7 @@ def partition_of(relative_key: str, file_name: str) -> tuple[str, int] | None:
     return m.group("band"), int(m.group("year"))
 
 
-def build_zone_path(  # noqa: PLR0917 - the signature is the team's existing public API (SPEC §3)
+def build_zone_path(  # noqa: PLR0917 - the signature is the team's existing public API
     zone: str,
     data_type: str | None = None,
     age_band: str | None = None,
@@ -187,7 +187,7 @@ def summaries_prefix(lake: str, script_name: str | None = None) -> str:
 
 
 def default_state_root(lake: str) -> str:
-    """``s3://pgx-repository`` for S3 lakes, ``<lake>/_state`` for file lakes (SPEC §4)."""
+    """``s3://pgx-repository`` for S3 lakes, ``<lake>/_state`` for file lakes."""
     return "s3://pgx-repository" if lake.startswith("s3://") else f"{_root(lake)}/_state"
 
 

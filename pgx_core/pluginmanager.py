@@ -1,4 +1,4 @@
-"""Plugin manager factory (SPEC §11). There is no global manager: each command builds one.
+"""Plugin manager factory. There is no global manager: each command builds one.
 
 Plugins are found through the ``pgx.plugins`` entry-point group — the built-in stages too.
 ``PGX_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point or distribution name. A plugin that

@@ -1,4 +1,4 @@
-"""Progress of long work (SPEC §10): a live bar per stage on a terminal (entities done/total,
+"""Progress of long work: a live bar per stage on a terminal (entities done/total,
 rows/s, ETA); off a terminal the runner's JSON log line per entity serves instead.
 """
 

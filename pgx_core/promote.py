@@ -1,4 +1,4 @@
-"""Promotion (SPEC §9): staged object → final object, with backup first and fencing.
+"""Promotion: staged object → final object, with backup first and fencing.
 
 Order for one object: back up the current final object (if any) into the run's backup prefix,
 re-check the lease (fencing), then replace atomically (S3: one server-side copy; local: rename).

@@ -1,4 +1,4 @@
-"""The Ray executor (SPEC §10): work items become Ray tasks.
+"""The Ray executor: work items become Ray tasks.
 
 * No address: starts a local Ray sized to the machine (the embedded default).
 * ``executor.address`` or ``RAY_ADDRESS`` (which wins): joins an existing cluster, e.g. a KubeRay

@@ -1,4 +1,4 @@
-"""Kubernetes objects that run one spec in a cluster (SPEC §5 ``pgx render``, SPEC §12).
+"""Kubernetes objects that run one spec in a cluster (``pgx render``).
 
 :func:`render_run` returns a ConfigMap holding the run spec and a Job running
 ``pgx run /etc/pgx/spec.yaml`` on it; :func:`to_yaml` prints them for ``kubectl apply -f -``.
@@ -38,7 +38,7 @@ SPEC_KEY = "spec.yaml"
 CONTAINER = "pgx"
 DEFAULT_IMAGE = f"pgx:{__version__}"
 DEFAULT_SERVICE_ACCOUNT = "pgx"
-# Exit codes that retrying cannot fix (SPEC §5): the Job fails at once instead of using its retries.
+# Exit codes that retrying cannot fix: the Job fails at once instead of using its retries.
 NO_RETRY_EXIT_CODES = (int(ExitCode.DATA), int(ExitCode.CONFLICT), int(ExitCode.USAGE))
 MAX_NAME = 63  # a Job's name is copied into a label value of its pods
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

@@ -1,7 +1,7 @@
 """``pgx report``: one self-contained HTML page (plus its PNG charts) describing one run.
 
-The report is built **only from the run summaries** (SPEC §8,
-``<lake>/pgx_pipeline/<script_name>/run_id=<run_id>/summary.json``). Summaries hold aggregate
+The report is built **only from the run summaries**
+(``<lake>/pgx_pipeline/<script_name>/run_id=<run_id>/summary.json``). Summaries hold aggregate
 counts, file stems and partition names, never a data value, so neither does the report: it never
 opens a data, rejects or quarantine object. That is what makes it safe to mail around.
 
@@ -13,7 +13,7 @@ pyplot: no global figure state, safe in any thread) and embedded as base64 ``<im
 HTML needs no other file; the same PNGs are also written next to it for slides and tickets.
 
 Stages are handled generically by ``script_name`` (any plugin's summary shows up in the status,
-rows, durations and counters sections); the known ones of SPEC §6.0 get their special charts.
+rows, durations and counters sections); the built-in stages get their special charts.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pgx_core.summary import read_run
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# SPEC §6.0, in pipeline order; other script names follow, alphabetically.
+# The built-in stages' script names, in pipeline order; other script names follow, alphabetically.
 PIPELINE_ORDER = (
     "txt_to_parquet",
     "reprocess_txt_to_parquet",
@@ -228,7 +228,7 @@ def provenance(summaries: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 def source_labels(prov: dict[str, dict[str, int]]) -> list[str]:
-    """The source labels present, SPEC §6.3's first, then any others alphabetically."""
+    """The source labels present, impute's (:data:`SOURCE_ORDER`) first, then any others alphabetically."""
     labels = [s for s in SOURCE_ORDER if any(s in v for v in prov.values())]
     return labels + sorted({s for v in prov.values() for s in v} - set(labels))
 

@@ -1,4 +1,4 @@
-"""Peak memory of a work item, measured where it runs (SPEC §13: memory must not grow with the data).
+"""Peak memory of a work item, measured where it runs (memory must not grow with the data).
 
 A sampler thread reads the process's RSS while the item runs; the peak is reported with the item's
 outcome and aggregated into the run summary (``resources``), so every run shows whether work items

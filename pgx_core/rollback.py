@@ -1,4 +1,4 @@
-"""Rollback (SPEC §9): put back every object a run replaced, from that run's backup prefix."""
+"""Rollback: put back every object a run replaced, from that run's backup prefix."""
 
 from __future__ import annotations
 

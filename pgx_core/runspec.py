@@ -1,4 +1,4 @@
-"""Run specs (SPEC §4): pydantic models of the ``PipelineRun`` document, loading and validation.
+"""Run specs: pydantic models of the ``PipelineRun`` document, loading and validation.
 
 A spec is validated in two layers, and every problem of both layers is reported at once:
 the document itself (:class:`PipelineRun`), then each stage's ``with:`` block by that stage's own

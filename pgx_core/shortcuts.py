@@ -1,4 +1,4 @@
-"""Seed-compatible shortcuts (SPEC §5): older scripts' flags mapped onto a one-stage run.
+"""Seed-compatible shortcuts: older scripts' flags mapped onto a one-stage run.
 
 Each shortcut builds a ``PipelineRun`` document (the mapping lives with its plugin), which is then
 validated and run exactly like ``pgx run`` would: same state, resume, promotion and summaries.

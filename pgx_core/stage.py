@@ -65,7 +65,7 @@ class Output:
     # When this output rewrites in place an object another stage produced (reprocess rewrites
     # ingest's rejects, update-codes rewrites clean's gold): ``(script_name, entity id)`` of that
     # stage's entity. The core records the new checksum there, so that stage's resume still
-    # accepts the object (SPEC §7).
+    # accepts the object.
     rewrites: tuple[str, str] | None = None
 
 

@@ -1,4 +1,4 @@
-"""Resumable state (SPEC §7): per-entity ``PipelineState``, per-pipeline ``GlobalPipelineTracker``
+"""Resumable state: per-entity ``PipelineState``, per-pipeline ``GlobalPipelineTracker``
 and per-entity leases. Every write is a compare-and-swap on the object store; a CAS conflict is
 retried by re-reading, so no update is ever lost when several workers or runs write at once.
 """
@@ -46,7 +46,7 @@ class Step(BaseModel):
 
 
 class PipelineState(BaseModel):
-    """``state.json`` of one entity. Fields and names exactly as SPEC §7."""
+    """``state.json`` of one entity. Field names are part of the stored format: never rename one."""
 
     model_config = ConfigDict(extra="allow")
 

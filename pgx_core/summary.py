@@ -1,4 +1,4 @@
-"""Run summaries (SPEC §8): one ``summary.json`` per script_name per run, on every ending."""
+"""Run summaries: one ``summary.json`` per script_name per run, on every ending."""
 
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def build(
             }
             for t in tallies
         ],
-        # SPEC §13 evidence: the largest RSS any process reached while running one of the items.
+        # Evidence that memory does not grow with the data: the largest RSS any process reached running an item.
         "resources": {"peak_item_rss_mb": max(t.peak_item_rss_mb for t in tallies)},
         "plugin": plugin,
         "spec_fingerprint": spec_fingerprint,

@@ -267,7 +267,7 @@ def _completed_meanwhile(states: StateStore, task: EntityTask, store: ObjectStor
 
 
 def _record_rewrite(store: ObjectStore, run: RunInfo, rewrites: tuple[str, str], p: Promoted) -> None:
-    """Tell the stage that produced an object we rewrote in place what its bytes are now (SPEC §7)."""
+    """Tell the stage that produced an object we rewrote in place what its bytes are now."""
     pipeline, entity_id = rewrites
     states = StateStore(store, run.state_root, pipeline)
     entity = paths.safe_id(paths.lake_key(run.lake), entity_id)

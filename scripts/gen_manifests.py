@@ -1,4 +1,4 @@
-"""Generate ``manifests/`` (SPEC §12) from the Helm chart and ``pgx render``.
+"""Generate ``manifests/`` from the Helm chart and ``pgx render``.
 
     .venv/bin/python scripts/gen_manifests.py            # rewrite manifests/
     .venv/bin/python scripts/gen_manifests.py --check    # exit 1 when manifests/ differs

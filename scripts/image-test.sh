@@ -9,7 +9,7 @@
 # 3. Checks of the image: numeric non-root USER, entrypoint `pgx`, no credential variables.
 # 4. `pgx --version` and `pgx demo` in the container as that user, with a read-only root
 #    filesystem, a size-limited tmpfs at /tmp, all capabilities dropped, no privilege
-#    escalation and no network — the pod's settings (charts/pgx, SPEC §12).
+#    escalation and no network — the pod's settings (charts/pgx).
 #
 # Needs: root, podman, debootstrap (for the base), and the network to Debian's and PyPI's
 # package servers. On Debian/Ubuntu: apt-get install -y podman buildah debootstrap

@@ -1,1 +1,1 @@
-"""APCD domain: the feed's column layouts (SPEC Appendix A) and the synthetic data generator."""
+"""APCD domain: the feed's column layouts and the synthetic data generator."""

@@ -1,4 +1,4 @@
-"""Column layouts of the APCD extracts (SPEC Appendix A).
+"""Column layouts of the APCD extracts.
 
 The exact header lines ship in ``layouts/<data_type>_header.txt``; the snake_case names used in
 bronze, silver and gold are derived from them by :func:`snake_case`.
@@ -60,7 +60,7 @@ def columns(data_type: str) -> tuple[str, ...]:
     return tuple(snake_case(c) for c in raw_columns(data_type))
 
 
-# Demographic fields of the imputation (SPEC §6.3): field → bronze column.
+# Demographic fields of the imputation: field → bronze column.
 DEMOGRAPHIC_COLUMNS: dict[str, str] = {
     "age": "member_age_dos",
     "gender": "member_gender",

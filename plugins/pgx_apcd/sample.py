@@ -1,12 +1,12 @@
-"""Synthetic APCD extracts shaped like the real feed (SPEC §5 ``pgx sample``, Appendix A and B).
+"""Synthetic APCD extracts shaped like the real feed (``pgx sample``).
 
 ``generate`` writes ``OUTDIR/pharmacy/*.txt`` and ``OUTDIR/medical/*.txt``: CP1252, pipe-delimited,
 unquoted, the exact header first, quarterly files named like the feed. Columns are built as Arrow
 arrays (``take`` from small value pools, ``pc.random`` for draws) and written by Arrow's CSV writer
 in chunks, so memory stays bounded and no Python loop runs per row except over the one chunk per
-file that receives injected defects. With ``defects=True`` every raw-file reason code of Appendix B
-is planted at known physical lines, recorded in ``OUTDIR/_manifest.json`` (names, line numbers and
-reason codes only: no PHI).
+file that receives injected defects. With ``defects=True`` every reason code a raw-file defect
+gets (ingest rejects, impute quarantine) is planted at known physical lines, recorded in
+``OUTDIR/_manifest.json`` (names, line numbers and reason codes only: no PHI).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class FileManifest:
     path: str  # relative to OUTDIR
     data_type: str
     records: int  # generated claim records, including those with impute-level defects
-    data_lines: int  # physical data lines per SPEC §6.1 (no header, no blank final line)
+    data_lines: int  # physical data lines as ingest counts them (no header, no blank final line)
     header_ok: bool
     status: str | None  # expected file-level status: SCHEMA_MISMATCH / EMPTY_FILE / EMPTY_EXTRACT
     line_ending: str = "LF"

@@ -1,4 +1,4 @@
-"""Clean stage domain (SPEC §6.4): silver → gold, per partition.
+"""Clean stage domain: silver → gold, per partition.
 
 :mod:`pgx_clean.rules` holds the pure, vectorized rules (Arrow in, Arrow out): string
 normalization, amount parsing, NDC-11 derivation, drug-name canonicalization and drug maps,

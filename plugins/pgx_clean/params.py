@@ -1,4 +1,4 @@
-"""Parameters of the clean stages (SPEC §6.4): ``clean-pharmacy`` and ``clean-medical``."""
+"""Parameters of the clean stages: ``clean-pharmacy`` and ``clean-medical``."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
-"""Pure rules of the clean stages (SPEC §6.4): one silver partition in, one gold table out.
+"""Pure rules of the clean stages: one silver partition in, one gold table out.
 
 Everything here is Arrow in, Arrow out, vectorized with :mod:`pyarrow.compute`. Python loops run
 over columns, over the distinct values of a column (dictionary entries) or over drug-map entries,
 never over rows. Nothing here does I/O or imports Ray, boto3 or pluggy.
 
-Decisions where SPEC §6.4 leaves room (each is tested in ``tests/plugins/test_clean_rules.py``):
+Decisions on points the rules leave open (each is tested in ``tests/plugins/test_clean_rules.py``):
 
 * **Normalization** (:func:`normalize_strings`): trim = ``ascii_trim_whitespace`` (exactly space,
-  TAB, LF, VT, FF, CR — SPEC §2); then ``''``, ``N/A`` and ``NULL`` in any letter case → NULL.
+  TAB, LF, VT, FF, CR); then ``''``, ``N/A`` and ``NULL`` in any letter case → NULL.
   Other sentinels (``Unknown``, ``NA``) are values in gold; only impute treats them as missing.
   It applies to every layout string column, including the imputed demographics that replace the
   raw ones (a no-op on conforming silver). ``_source_file`` and the ``*_source`` labels are
@@ -21,23 +21,23 @@ Decisions where SPEC §6.4 leaves room (each is tested in ``tests/plugins/test_c
   not fit ``decimal128(18, 4)``). A missing amount (NULL, empty, ``N/A``, ``NULL``) is NULL and
   **not** counted: it is absent, not malformed, and counting it would bury real format problems
   under the feed's routinely empty money fields.
-* **NDC** (:func:`ndc11`): from the normalized ``drug_code`` (not the ``ndc`` column — the SPEC
+* **NDC** (:func:`ndc11`): from the normalized ``drug_code`` (not the ``ndc`` column: the rule
   names ``drug_code``). A missing ``drug_code`` is NULL and not counted as ``ndc_invalid``, for
   the same reason as amounts. Digits are ASCII ``0-9`` only.
-* **Drug names** (:func:`canonicalize_drug_name`): "whitespace" is the §2 ASCII set plus Unicode
+* **Drug names** (:func:`canonicalize_drug_name`): "whitespace" is the ASCII trim set plus Unicode
   separators (``\\p{Z}``, e.g. the CP1252 no-break space 0xA0, which separates words visually
   and must not glue them together). Lower-casing is Unicode (``utf8_lower``) and happens first,
   as listed. A name that canonicalizes to nothing (``'***'``, ``'é'``) becomes NULL, never ``''``.
 * **Drug maps** (:func:`load_drug_map`): keys *and* values are canonicalized (the looked-up name
   must be in the same vocabulary as names that are not in the map, and chains are only
   detectable on canonical forms). *Any* two raw keys with the same canonical form are a
-  collision, even if they agree on the target: the SPEC makes the collision itself the error,
+  collision, even if they agree on the target: the collision itself is the error,
   and a map with redundant spellings is a map nobody has reviewed. A chain is a key whose value
   is itself a key mapped to something else (``a→b, b→c``, including cycles); a key mapped to
   itself is allowed and harmless. Every problem is reported at once, naming the raw keys (drug
   names are reference data, not PHI). The fingerprint is ``sha256:`` + hex digest of the
   canonical entries as compact, key-sorted JSON.
-* **Duplicates**: compared on the Appendix A columns of silver after normalization only — the
+* **Duplicates**: compared on the layout columns of silver after normalization only — the
   raw demographics, raw (not upper-cased) codes and amount *strings* (``12.5`` and ``12.50`` are
   different rows). Two NULLs are equal. The survivor is the row with the smallest
   ``(_source_file, _source_line)``.
@@ -115,7 +115,7 @@ _IMPUTED: dict[str, str] = {DEMOGRAPHIC_COLUMNS[f]: f"{f}_imputed" for f in _FIE
 _SOURCE_COLUMNS: tuple[str, ...] = tuple(f"{f}_source" for f in _FIELDS)
 _AGE_COLUMN = DEMOGRAPHIC_COLUMNS["age"]
 _SORT_KEYS: tuple[str, ...] = ("mi_person_key", "incurred_date", "claim_id")
-# Columns a hive-partitioned dataset read adds; they are derived, never stored in the files (§3).
+# Columns a hive-partitioned dataset read adds; they are derived, never stored in the files.
 _PARTITION_COLUMNS = frozenset({"age_band", "event_year"})
 
 
@@ -143,7 +143,7 @@ _NDC_FORMS: tuple[tuple[str, str], ...] = (
 )
 _NDC11_PATTERN = r"^[0-9]{11}$"
 
-# Drug-name canonicalization: §2 ASCII whitespace (TAB..CR, space) plus Unicode separators.
+# Drug-name canonicalization: ASCII whitespace (TAB..CR, space) plus Unicode separators.
 _WS = r"\x09-\x0d \p{Z}"
 _DRUG_DISALLOWED = rf"[^a-z0-9.%_{_WS}-]"
 _DRUG_SEPARATOR_RUN = rf"[{_WS}_]+"
@@ -287,7 +287,7 @@ def ndc11(arr: ArrayLike) -> tuple[Any, int]:
 
 
 def canonicalize_drug_name(arr: ArrayLike) -> Any:
-    """Canonical drug name (SPEC §6.4), element-wise; NULL stays NULL.
+    """Canonical drug name, element-wise; NULL stays NULL.
 
     Lower-case; ``+`` and ``/`` → space; characters other than ``a-z 0-9 . % - _`` and
     whitespace removed; whitespace runs → ``_``; ``_`` runs collapsed; leading/trailing ``_``
@@ -496,7 +496,7 @@ def medical_code_columns() -> tuple[str, ...]:
 
 @cache
 def silver_schema(dataset: Dataset) -> pa.Schema:
-    """The silver schema clean expects (SPEC §6.3 step 6)."""
+    """The silver schema clean expects (what impute writes)."""
     _check_dataset(dataset)
     fields = [pa.field(c, _STRING) for c in columns(dataset)]
     fields += [pa.field("_source_file", _STRING), pa.field("_source_line", pa.int64())]
@@ -508,7 +508,7 @@ def silver_schema(dataset: Dataset) -> pa.Schema:
 
 @cache
 def gold_schema(dataset: Dataset) -> pa.Schema:
-    """The exact gold schema of a dataset (SPEC §6.4): names, order and types."""
+    """The exact gold schema of a dataset: names, order and types."""
     _check_dataset(dataset)
     amounts = set(amount_columns(dataset))
     fields = []
@@ -586,7 +586,7 @@ _LINE_LEVEL_HINTS: tuple[str, ...] = (
 
 
 def _refinement_order(layout: Sequence[str]) -> list[str]:
-    """The non-sort-key Appendix A columns, likely discriminating ones (amounts, line codes) first."""
+    """The non-sort-key layout columns, likely discriminating ones (amounts, line codes) first."""
     rest = [c for c in layout if c not in _SORT_KEYS]
     first = [c for c in rest if c.startswith("total_")] + [c for c in _LINE_LEVEL_HINTS if c in rest]
     return first + [c for c in rest if c not in first]
@@ -595,7 +595,7 @@ def _refinement_order(layout: Sequence[str]) -> list[str]:
 def _duplicate_positions(silver: pa.Table, layout: Sequence[str], order: Any, keys: Mapping[str, Any]) -> Any:
     """Positions (into ``order``) of the rows that duplicate an earlier row of ``order``.
 
-    ``order`` sorts the rows by the gold sort keys, so rows with equal Appendix A values sit in
+    ``order`` sorts the rows by the gold sort keys, so rows with equal layout values sit in
     the same run of equal ``(mi_person_key, incurred_date, claim_id)``, ordered by
     ``(_source_file, _source_line)``: the first of each class is the one to keep. Only rows in
     runs of two or more can be duplicates; their classes are refined column by column (dense ids
@@ -660,7 +660,7 @@ def _duplicate_positions(silver: pa.Table, layout: Sequence[str], order: Any, ke
 
 @dataclass(frozen=True)
 class CleanResult:
-    """Gold table of one partition and its integer counters (SPEC §8 names)."""
+    """Gold table of one partition and its integer counters (run summary names)."""
 
     table: pa.Table
     stats: dict[str, int] = field(default_factory=dict)
@@ -688,7 +688,7 @@ def _event_date(incurred_date: ArrayLike, dataset: str) -> Any:
 def clean_partition(
     silver: pa.Table | pa.RecordBatch, dataset: Dataset, drug_map: DrugMap | None = None
 ) -> CleanResult:
-    """Clean one silver partition into gold (SPEC §6.4).
+    """Clean one silver partition into gold.
 
     Returns the gold table (schema exactly :func:`gold_schema`, rows sorted by
     ``(mi_person_key, incurred_date, claim_id, _source_file, _source_line)``, NULLs last) and

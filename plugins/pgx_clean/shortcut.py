@@ -1,4 +1,4 @@
-"""The seed-compatible ``pgx clean`` shortcut (SPEC §5) as a one-stage run spec.
+"""The seed-compatible ``pgx clean`` shortcut as a one-stage run spec.
 
 ``pgx clean --job pharmacy|medical --pharmacy-input GLOB | --raw-medical GLOB --output-root URI
 [--limit N]`` becomes a ``PipelineRun`` whose lake is the output root and whose single stage is

@@ -1,14 +1,14 @@
-"""The ``clean-pharmacy`` (clnph) and ``clean-medical`` (clnmd) stages: silver → gold (SPEC §6.4).
+"""The ``clean-pharmacy`` (clnph) and ``clean-medical`` (clnmd) stages: silver → gold.
 
 One entity per silver partition (age band × event year) of the run's years and bands. The rules
 live in :mod:`pgx_clean.rules`; this module wires them to storage and keeps memory bounded.
 
-Memory design (SPEC §13). A production partition averages ~18 M rows, far more than a work item's
+Memory design. A production partition averages ~18 M rows, far more than a work item's
 ``memoryBudgetMb``, so a partition is cleaned in *chunks* of whole members:
 
 * Silver is sorted by the **raw** ``(mi_person_key, incurred_date, _source_file, _source_line)``
-  (SPEC §6.3); gold is sorted by the **normalized** ``(mi_person_key, incurred_date, claim_id,
-  _source_file, _source_line)`` and deduplicated on the normalized Appendix A columns. Exact
+  (as impute writes it); gold is sorted by the **normalized** ``(mi_person_key, incurred_date,
+  claim_id, _source_file, _source_line)`` and deduplicated on the normalized layout columns. Exact
   duplicates therefore share the normalized member key, which leads the gold order: a chunk that
   holds *every* row of a range of normalized member keys can be cleaned on its own, and the
   chunks' outputs concatenate in key order.
@@ -75,7 +75,7 @@ MAX_READ_BATCH_ROWS = 65_536
 # clean_partition's temporaries and gold output (measured ≈ 1.1× the silver on synthetic
 # partitions of both datasets) and headroom for the read batch that completes the chunk.
 WORKING_SET_FACTOR = 3.0
-IMPUTE_PIPELINE = "global_imputation"  # SPEC §6.0: the impute stage's state pipeline
+IMPUTE_PIPELINE = "global_imputation"  # the impute stage's state pipeline (its script_name)
 MEMBER_KEY = "mi_person_key"
 HEARTBEAT_SECONDS = 5.0
 _GOLD_ORDER = ("mi_person_key", "incurred_date", "claim_id", "_source_file", "_source_line")
@@ -306,7 +306,7 @@ def clean_stream(
             )
             if unsorted:
                 raise DataError(
-                    f"silver {dataset} partition is not sorted by mi_person_key (SPEC §6.3 step 6); "
+                    f"silver {dataset} partition is not sorted by mi_person_key as impute writes it; "
                     "it cannot be cleaned in bounded memory"
                 )
             previous = last
@@ -473,7 +473,7 @@ class _CleanStage(Stage[CP], Generic[CP]):
         )
 
     def check(self, entity: Entity, result: EntityResult) -> None:
-        """SPEC §6.4 conservation: silver rows = gold rows + duplicates_removed; nothing quarantined."""
+        """Conservation: silver rows = gold rows + duplicates_removed; nothing quarantined."""
         dups = result.stats.get("duplicates_removed", 0)
         if result.rows_quarantined or result.rows_out_of_scope or result.rows_in != result.rows_out + dups:
             raise ConservationError(
@@ -487,7 +487,7 @@ class _CleanStage(Stage[CP], Generic[CP]):
 
 
 class CleanPharmacyStage(_CleanStage[CleanPharmacyParams]):
-    """Silver pharmacy → gold pharmacy, with ``ndc11`` and ``standardized_drug_name`` (SPEC §6.4)."""
+    """Silver pharmacy → gold pharmacy, with ``ndc11`` and ``standardized_drug_name``."""
 
     type_name = "clean-pharmacy"
     tx = "clnph"
@@ -512,7 +512,7 @@ class CleanPharmacyStage(_CleanStage[CleanPharmacyParams]):
 
 
 class CleanMedicalStage(_CleanStage[CleanMedicalParams]):
-    """Silver medical → gold medical, code columns trimmed and upper-cased (SPEC §6.4)."""
+    """Silver medical → gold medical, code columns trimmed and upper-cased."""
 
     type_name = "clean-medical"
     tx = "clnmd"

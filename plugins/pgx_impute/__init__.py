@@ -1,4 +1,4 @@
-"""Global demographic imputation (SPEC §6.3, stage ``impute`` / tx ``glimp``).
+"""Global demographic imputation (stage ``impute`` / tx ``glimp``).
 
 :mod:`pgx_impute.rules` holds the pure domain core: Arrow tables in, Arrow tables out, no I/O,
 no Ray, no plugin machinery, so the rules can be tested and benchmarked on their own.

@@ -1,4 +1,4 @@
-"""Parameters of the impute stage (SPEC §6.3)."""
+"""Parameters of the impute stage."""
 
 from __future__ import annotations
 

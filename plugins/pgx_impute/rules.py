@@ -1,4 +1,4 @@
-"""Pure rules of the global demographic imputation (SPEC §6.3): bronze rows in, silver rows out.
+"""Pure rules of the global demographic imputation: bronze rows in, silver rows out.
 
 Everything here is Arrow in, Arrow out, built from ``pyarrow.compute`` kernels, group-bys, one join
 and sorts (the project's runtime has no numpy, so none is used). Python loops only run over the six
@@ -20,12 +20,12 @@ buckets, so every result is a function of the member's own rows only; with the t
 used below, concatenating the buckets' outputs and sorting them again gives exactly the 1-bucket
 output (see :func:`merge_bucket_results`).
 
-Decisions where SPEC §6.3 leaves room (each also noted where it is implemented):
+Decisions on points the steps leave open (each also noted where it is implemented):
 
 * A row with an empty member key *and* a bad date is quarantined as ``MISSING_MEMBER_KEY``: the key
   is checked first (step 1 names it first, and without a member the row can inform nobody).
 * ``incurred_date`` is checked on its raw bronze value, not trimmed: it must be exactly eight ASCII
-  digits (silver keeps it as "the 8-character string", §6.4) forming a proleptic-Gregorian date
+  digits (silver keeps it as the 8-character string) forming a proleptic-Gregorian date
   with year 0001-9999 (``00000101`` is not a date).
 * Case-insensitive sentinel matching and the gender upper-casing are ASCII-only: the sentinels are
   ASCII, the feed is CP1252, and ASCII case mapping is the same in every engine and locale.
@@ -33,9 +33,9 @@ Decisions where SPEC §6.3 leaves room (each also noted where it is implemented)
   ``05`` is 5). Signs (``+5``, ``-0``), decimals (``5.0``), exponents, inner spaces and non-ASCII
   digits are not integers, so they are missing (and then imputed). A strict lexical rule behaves the
   same in Arrow, DuckDB and Python; a malformed age points at a shifted or foreign-format record.
-* Rows of years outside the run's years still inform the profiles (every row informs every other
-  row of the member, §6.3 "Global"); they are only left out of silver and counted as out_of_scope.
-  Quarantine is decided before scope, so a quarantined row is never also out of scope.
+* Rows of years outside the run's years still inform the profiles (the imputation is global: every
+  row informs every other row of the member); they are only left out of silver and counted as
+  out_of_scope. Quarantine is decided before scope, so a quarantined row is never also out of scope.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ __all__ = [
     "split_keys",
 ]
 
-# --- constants of the contract -------------------------------------------------------------------
+# --- constants of the rules ----------------------------------------------------------------------
 
 FIELDS: tuple[str, ...] = tuple(DEMOGRAPHIC_COLUMNS)  # age, gender, race, zip, county, payer
 IMPUTED_COLUMNS: tuple[str, ...] = tuple(f"{f}_imputed" for f in FIELDS)
@@ -102,12 +102,12 @@ _TYPE_ORDER: tuple[str, ...] = tuple(sorted(DATA_TYPES))  # ("medical", "pharmac
 _IMPUTED_FROM: tuple[str, ...] = tuple(f"imputed_from_{t}" for t in _TYPE_ORDER)
 SOURCE_LABELS: tuple[str, ...] = (ORIGINAL, *(f"imputed_from_{t}" for t in DATA_TYPES), UNRESOLVED)
 
-# The bands of SPEC §3 that an age falls in (``unknown`` is for rows without one).
+# The age bands an age can fall in (``unknown`` is for rows without one).
 AGE_BAND_LABELS: tuple[str, ...] = tuple(b for b in AGE_BANDS if b != "unknown")
 _AGE_BAND_LOWER: tuple[int, ...] = (0, 13, 25, 45, 55, 65, 75, 85, 95)
 UNKNOWN_BAND = "unknown"
 
-# Silver (and quarantine) order: raw bronze values, SPEC §6.3 step 6. (_source_file, _source_line)
+# Silver (and quarantine) order, on raw bronze values. (_source_file, _source_line)
 # identifies a bronze row within a data type, so the order is total and the output deterministic.
 SORT_KEYS: tuple[str, ...] = ("mi_person_key", "incurred_date", "_source_file", "_source_line")
 PROFILE_COLUMNS: tuple[str, ...] = ("mi_person_key", "data_type", "rows", *FIELDS)
@@ -174,7 +174,7 @@ def bronze_schema(data_type: str) -> pa.Schema:
 
 
 def _check_bronze(bronze: pa.Table, data_type: str) -> None:
-    # Column names only in the message: never a value (SPEC §10).
+    # Column names only in the message: never a value (no PHI in messages).
     names = set(bronze.column_names)
     missing = [c for c in _REQUIRED if c not in names]
     if missing:
@@ -537,7 +537,7 @@ def _open_union(open_ids: Mapping[str, pa.Array]) -> pa.Array:
 
 
 def age_band(ages: ArrayLike) -> ArrayLike:
-    """Band label of each resolved age (SPEC §3); NULL → ``unknown``.
+    """Band label of each resolved age; NULL → ``unknown``.
 
     Resolved ages are always 0-114, so anything else is a bug upstream and raises ValueError.
     """
@@ -559,7 +559,7 @@ class BucketResult:
     ``silver[data_type]``: bronze columns unchanged, then ``age_imputed … payer_imputed``, then
     ``age_source … payer_source``, then the partition keys ``age_band`` (string) and ``event_year``
     (int16). The caller writes one object per (age_band, event_year) and drops these two columns
-    (Hive partition values are not stored in the files, SPEC §3). Rows are partition-major —
+    (Hive partition values are not stored in the files). Rows are partition-major —
     ``(event_year, age_band)`` then :data:`SORT_KEYS` — so every partition is one contiguous,
     already-sorted slice (:func:`silver_partitions` cuts them without copying).
 
@@ -567,9 +567,9 @@ class BucketResult:
 
     ``profiles``: the run's years only, columns :data:`PROFILE_COLUMNS` then the partition key
     ``event_year`` (int16), sorted by ``(event_year, mi_person_key, data_type)`` so every year's
-    slice is already in the SPEC's ``(mi_person_key, data_type)`` order.
+    slice is already in profile order, ``(mi_person_key, data_type)``.
 
-    ``stats[data_type]``: flat counters named as in SPEC §8 (``quarantined.<REASON>``,
+    ``stats[data_type]``: flat counters named as in the run summary (``quarantined.<REASON>``,
     ``out_of_scope``, ``sources.<field>.<label>``), every name present even when 0.
     """
 
@@ -615,8 +615,8 @@ def sort_profiles(t: pa.Table) -> pa.Table:
 def silver_partitions(silver: pa.Table) -> list[tuple[str, int, pa.Table]]:
     """``(age_band, event_year, rows)`` per partition of a :func:`sort_silver`-ordered table.
 
-    Zero-copy slices, partition keys dropped (they live in the Hive path, SPEC §3), each slice
-    already in the SPEC's row order.
+    Zero-copy slices, partition keys dropped (they live in the Hive path), each slice
+    already in silver row order (:data:`SORT_KEYS`).
     """
     if silver.num_rows == 0:
         return []
@@ -654,7 +654,8 @@ def impute_bucket(
     missing type counts as no rows). ``years`` are the run's event years: rows of other years are
     counted as ``out_of_scope`` and not returned, yet still inform the profiles. Raises
     :class:`~pgx_core.errors.ConservationError` if bronze rows != silver + quarantined + out of scope
-    for a data type (cannot happen unless this module is broken; checked because SPEC §6.0 demands it).
+    for a data type (cannot happen unless this module is broken; checked because every stage must
+    conserve rows).
     """
     unknown = sorted(set(bronze_by_type) - set(DATA_TYPES))
     if unknown:
@@ -860,8 +861,8 @@ def estimate_bucket_count(total_bytes: int, memory_budget_mb: int, *, basis: str
     ``arrow`` (in-memory Arrow bytes, e.g. total rows x bytes per row of a sampled row group) or
     ``raw`` (bytes of the raw text extracts). Each bucket gets ~1/n of the members and hence ~1/n of
     the bytes; its peak is ~``PEAK_FACTOR[basis]`` x its share (measured, see above). The budget is
-    the work item's ``memoryBudgetMb``; the interpreter's fixed overhead (~70 MiB) is outside it, as
-    SPEC §13 allows.
+    the work item's ``memoryBudgetMb``; the interpreter's fixed overhead (~70 MiB) is
+    not counted against it.
     """
     if basis not in PEAK_FACTOR:
         raise ValueError(f"basis must be one of {', '.join(PEAK_FACTOR)}, got {basis!r}")

@@ -1,4 +1,4 @@
-"""``pgx impute …``: the older script's flags mapped onto a one-stage run spec (SPEC §5)."""
+"""``pgx impute …``: the older script's flags mapped onto a one-stage run spec."""
 
 from __future__ import annotations
 

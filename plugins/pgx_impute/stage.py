@@ -1,4 +1,4 @@
-"""The ``impute`` stage (glimp): bronze → silver by global demographic imputation (SPEC §6.3).
+"""The ``impute`` stage (glimp): bronze → silver by global demographic imputation.
 
 Out of core, in three fan-outs over the executor (step 8):
 
@@ -404,7 +404,7 @@ def _batches(store: ObjectStore, uri: str) -> Iterator[tuple[pa.RecordBatch, boo
 
 
 def silver_schema(data_type: str) -> pa.Schema:
-    """Bronze columns, then the six ``*_imputed``, then the six ``*_source`` (SPEC §6.3 step 6)."""
+    """Bronze columns, then the six ``*_imputed``, then the six ``*_source``."""
     fields = list(rules.bronze_schema(data_type))
     fields.append(pa.field("age_imputed", pa.int16()))
     fields += [pa.field(c, pa.string()) for c in rules.IMPUTED_COLUMNS[1:]]

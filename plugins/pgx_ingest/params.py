@@ -1,4 +1,4 @@
-"""Parameters of the ingest and reprocess stages (SPEC §6.1, §6.2)."""
+"""Parameters of the ingest and reprocess stages."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
-"""Raw APCD text → Arrow batches: the pure core of the ingest stage (SPEC §6.1).
+"""Raw APCD text → Arrow batches: the pure core of the ingest stage.
 
-Rules, in the SPEC's words and the decisions taken where it is silent:
+Rules, with the decisions taken where the feed's format leaves room:
 
 * Line 1 is the header. After removing a leading UTF-8 BOM and trimming ASCII whitespace it must
-  equal the Appendix A header, else the file is ``SCHEMA_MISMATCH``: nothing is emitted (no rows,
-  no reject rows: the raw file stays in ``raw/`` as the evidence and copying it into ``_rejects``
-  would duplicate PHI that no repair could use), but its data lines are still counted and reported
-  as rejected, so ``data_lines == rows + rejected`` holds for every file. 0 bytes is ``EMPTY_FILE``;
-  a header and no data line is ``EMPTY_EXTRACT``.
+  equal the layout's header (:mod:`pgx_apcd.layout`), else the file is ``SCHEMA_MISMATCH``: nothing
+  is emitted (no rows, no reject rows: the raw file stays in ``raw/`` as the evidence and copying it
+  into ``_rejects`` would duplicate PHI that no repair could use), but its data lines are still
+  counted and reported as rejected, so ``data_lines == rows + rejected`` holds for every file.
+  0 bytes is ``EMPTY_FILE``; a header and no data line is ``EMPTY_EXTRACT``.
 * Lines end with LF or CRLF (the CR is removed; any other CR is a control character). A last line
   without a line ending is a data line. Exactly one blank final line (the file ends with an extra
   line break) is not a data line; any other blank line is a data line with one field, hence

@@ -1,4 +1,4 @@
-"""Repairs of rejected lines for the reprocess stage (SPEC §6.2).
+"""Repairs of rejected lines for the reprocess stage.
 
 Each raw line of a rejects table is parsed again with the requested repairs: decoding with an
 override encoding, padding missing trailing fields with empty strings, joining surplus fields back

@@ -81,7 +81,7 @@ class _ParquetSink:
 
 
 class IngestStage(Stage[IngestParams]):
-    """Raw pipe-delimited extracts → one bronze Parquet object per source file (SPEC §6.1)."""
+    """Raw pipe-delimited extracts → one bronze Parquet object per source file."""
 
     type_name = "ingest"
     tx = "txtpq"
@@ -175,7 +175,7 @@ def _beating(write: Any, ctx: WorkContext) -> Any:
 
 
 class ReprocessStage(Stage[ReprocessParams]):
-    """Re-parse rejected lines with repairs (SPEC §6.2); recovered rows go to ``<stem>.repro.parquet``.
+    """Re-parse rejected lines with repairs; recovered rows go to ``<stem>.repro.parquet``.
 
     Idempotent: recovered rows already in the repro object are kept and merged with the newly
     recovered ones, so running it again never loses a recovery.

@@ -1,4 +1,4 @@
-"""Target-frequency report domain (SPEC §6.6).
+"""Target-frequency report domain.
 
 :mod:`pgx_target_frequency.rules` computes, from gold medical tables, the ICD-code frequency by
 diagnosis position and the procedure-code frequency per ``(event_year, age_band)``, as partial

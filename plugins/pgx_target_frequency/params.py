@@ -1,4 +1,4 @@
-"""Parameters of the target-frequency stage (SPEC §6.6)."""
+"""Parameters of the target-frequency stage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pure rules of the target-frequency report (SPEC §6.6).
+"""Pure rules of the target-frequency report.
 
 Design: counting is a *partial aggregate*. :func:`partition_partial` counts one gold medical
 table (a partition, or any slice of one — a row group, a batch) into a :class:`FrequencyPartial`
@@ -8,7 +8,7 @@ holding two tables with the final report schemas and exact counts; :func:`merge_
 in does not matter. Suppression is applied once, to the merged report: suppressing partials
 would lose counts that only reach the threshold together.
 
-Decisions where SPEC §6.6 leaves room (each is tested in
+Decisions on points the report's definition leaves open (each is tested in
 ``tests/plugins/test_target_frequency_rules.py``):
 
 * **What is counted**: the gold value exactly as stored (after clean, and after update-codes if it
@@ -17,7 +17,7 @@ Decisions where SPEC §6.6 leaves room (each is tested in
 * **position** labels: ``primary``, ``two`` … ``ten`` (the column-name prefixes).
 * **Types**: ``event_year`` int32 (what a hive ``event_year=2019`` partition reads as),
   ``age_band`` / ``position`` / ``code`` string, ``frequency`` int64.
-* **Order** (deterministic, diffable): ``event_year``, ``age_band`` in the §3 band order
+* **Order** (deterministic, diffable): ``event_year``, ``age_band`` in age band order
   (``0-12`` … ``95-114``, ``unknown``), ``position`` in ordinal order (``primary``, ``two`` …
   ``ten``), then ``code`` in binary (code point) order. Not by frequency: equal keys stay on the
   same line from run to run.
@@ -147,7 +147,7 @@ def icd_frequency_by_position(table: pa.Table | pa.RecordBatch, event_year: int,
     """Count each non-NULL ICD diagnosis code per position in one gold medical table (exact counts).
 
     Schema :data:`ICD_FREQUENCY_SCHEMA`; sorted by year, band, position ordinal, code. The
-    partition values are arguments because gold files do not store them (SPEC §3).
+    partition values are arguments because gold files do not store them.
     """
     _check_partition(event_year, age_band)
     parts = []
@@ -168,7 +168,7 @@ def procedure_code_frequency(table: pa.Table | pa.RecordBatch, event_year: int, 
     """Count each non-NULL ``procedure_code`` in one gold medical table (exact counts).
 
     Schema :data:`PROCEDURE_FREQUENCY_SCHEMA`; sorted by year, band, code. CPT modifiers are not
-    procedure codes and are not counted (SPEC §6.6: "for ``procedure_code``").
+    procedure codes and are not counted: the report is for ``procedure_code`` only.
     """
     _check_partition(event_year, age_band)
     values, freq = _value_counts(_column(table, _PROCEDURE_COLUMN))
@@ -244,7 +244,7 @@ def merge_partials(partials: Iterable[FrequencyPartial]) -> FrequencyPartial:
 def suppress_small_counts(
     table: pa.Table, threshold: int = SUPPRESSION_THRESHOLD, column: str = "frequency"
 ) -> pa.Table:
-    """Counts below ``threshold`` (default 11) → NULL, for reports that leave the lake (SPEC §6.6).
+    """Counts below ``threshold`` (default 11) → NULL, for reports that leave the lake.
 
     Rows are kept and nothing else changes. Apply it to merged totals, never to partials.
     """

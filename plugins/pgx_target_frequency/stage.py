@@ -1,4 +1,4 @@
-"""The ``target-frequency`` (tgtfq) stage: code-frequency reports from gold medical (SPEC §6.6).
+"""The ``target-frequency`` (tgtfq) stage: code-frequency reports from gold medical.
 
 Writes three objects under ``gold/target_code/`` (:func:`pgx_core.paths.target_code_prefix`):
 ``icd_frequency_by_position.parquet``, ``procedure_code_frequency.parquet`` and
@@ -19,7 +19,7 @@ the partition is recounted inline, and a killed run recounts everything (countin
 eleven code columns). A partition replaced while the report is built fails the entity (exit 3)
 instead of reporting a mixture.
 
-**Suppression.** SPEC §6.6 suppresses counts below 11 "in any report that leaves the lake". These
+**Suppression.** Counts below 11 must be suppressed in any report that leaves the lake. These
 reports exist to be looked at and shared (they hold no member data, so they are exactly what gets
 exported), and pgx has no separate export step that could suppress later. So the lake copies are
 suppressed too, by default: ``suppressBelow`` (default 11) — a count below it is written as NULL,
@@ -184,7 +184,7 @@ def count_to_scratch(task: CountTask) -> int:
 
 
 class TargetFrequencyStage(Stage[TargetFrequencyParams]):
-    """Code-frequency reports and suggested mappings from gold medical (SPEC §6.6)."""
+    """Code-frequency reports and suggested mappings from gold medical."""
 
     type_name = "target-frequency"
     tx = "tgtfq"

@@ -1,4 +1,4 @@
-"""Update-codes stage domain (SPEC §6.5): pass-2 normalization of target codes in gold, in place.
+"""Update-codes stage domain: pass-2 normalization of target codes in gold, in place.
 
 :mod:`pgx_update_codes.rules` holds the pure, vectorized rules: code maps (:class:`CodeMap`), the
 ICD diagnosis normalization, the procedure-code normalization and

@@ -1,4 +1,4 @@
-"""Parameters of the update-codes stage (SPEC §6.5) and the loading of its code maps.
+"""Parameters of the update-codes stage and the loading of its code maps.
 
 The maps are JSON objects ``{variant: canonical}`` named by URI (``file:///…`` or ``s3://…``).
 They are loaded and checked at spec validation (``Stage.validate_params``), again on the driver

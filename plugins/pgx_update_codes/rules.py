@@ -1,14 +1,14 @@
-"""Pure rules of update-codes (SPEC §6.5): normalize target codes in a gold table.
+"""Pure rules of update-codes: normalize target codes in a gold table.
 
 Arrow in, Arrow out, vectorized. Each rule works on the distinct values of a column (codes repeat
 heavily) and maps the result back by dictionary index, so the cost per row is one gather. The
 rules are per value, so applying them to a whole table or batch by batch gives the same result.
 
-Decisions where SPEC §6.5 leaves room (each is tested in ``tests/plugins/test_update_codes_rules.py``):
+Decisions on points the rules leave open (each is tested in ``tests/plugins/test_update_codes_rules.py``):
 
 * **Map keys and values** are normalized: for a target (ICD) map upper-cased with ``.`` and spaces
-  removed, for a procedure map upper-cased with spaces removed (the SPEC says its keys are
-  "normalized the same way" as the procedure values, which keep their dots). Values are
+  removed, for a procedure map upper-cased with spaces removed (its keys are
+  normalized the same way as the procedure values, which keep their dots). Values are
   normalized too, so mapped codes come out in the same flat form as every other output and a
   second pass leaves them alone. "Spaces" means U+0020 only: gold values are already trimmed.
 * **Map validation** (:class:`CodeMapError`, exit 64, every problem at once, naming the codes —
@@ -18,9 +18,10 @@ Decisions where SPEC §6.5 leaves room (each is tested in ``tests/plugins/test_u
   value the rule itself would rewrite (e.g. ``YF1120``, whose token is ``F1120``). That keeps the
   map path idempotent.
 * **Literal rule order**: the map is consulted for ``flat`` only, not for a token extracted from it
-  (SPEC: "else if a token … occurs in flat → its first occurrence"). Consequence: with a map entry
-  ``F1120 → X``, ``YF1120`` becomes ``F1120`` on the first pass and ``X`` on a second — the one
-  case where pass 2 is not idempotent. Reported as a SPEC issue; not "fixed" silently here.
+  (the token step comes after the map lookup, see :func:`normalize_icd`). Consequence: with a map
+  entry ``F1120 → X``, ``YF1120`` becomes ``F1120`` on the first pass and ``X`` on a second — the
+  one case where pass 2 is not idempotent. A known limit of the rule as stated; not "fixed"
+  silently here.
 * **Counters**: ``changed.<column>`` = non-NULL values whose output differs from the input (so
   ``f1120`` → ``F1120`` counts; a value mapped to itself does not); ``unrecognized.<column>`` =
   ICD values left unchanged because nothing matched (counted on every pass: they stay
@@ -91,7 +92,7 @@ def _distinct(arr: ArrayLike) -> tuple[Any, Any]:
 
 
 def flatten_icd(arr: ArrayLike) -> Any:
-    """``flat`` of SPEC §6.5: upper-cased, ``.`` and spaces removed. NULL stays NULL."""
+    """``flat`` of the ICD rule: upper-cased, ``.`` and spaces removed. NULL stays NULL."""
     upper = pc.utf8_upper(_as_string(arr))
     return pc.replace_substring(pc.replace_substring(upper, pattern=".", replacement=""), pattern=" ", replacement="")
 
@@ -235,7 +236,7 @@ def _check_map(code_map: CodeMap | None, kind: CodeKind, role: str) -> None:
 
 
 def _icd_rule(values: ArrayLike, mapped: ArrayLike | None) -> tuple[Any, Any, Any]:
-    """The §6.5 cascade on distinct non-NULL ``values``; ``mapped`` = map lookup of their ``flat``.
+    """:func:`normalize_icd`'s cascade on distinct non-NULL ``values``; ``mapped`` = map lookup of their ``flat``.
 
     Returns (output, changed flags, unrecognized flags).
     """
@@ -250,7 +251,7 @@ def _icd_rule(values: ArrayLike, mapped: ArrayLike | None) -> tuple[Any, Any, An
 
 
 def normalize_icd(arr: ArrayLike, target_map: CodeMap | None = None) -> tuple[Any, int, int]:
-    """Normalize ICD diagnosis codes (SPEC §6.5): ``(codes, changed_count, unrecognized_count)``.
+    """Normalize ICD diagnosis codes: ``(codes, changed_count, unrecognized_count)``.
 
     NULL stays NULL. ``flat`` = upper-cased with ``.`` and spaces removed; ``flat`` in the target
     map → the mapped code; else ``flat`` matching ``^[A-Z][0-9][0-9A-Z]{1,5}$`` → ``flat``; else
@@ -270,7 +271,7 @@ def normalize_icd(arr: ArrayLike, target_map: CodeMap | None = None) -> tuple[An
 
 
 def normalize_procedure(arr: ArrayLike, procedure_map: CodeMap | None = None) -> tuple[Any, int]:
-    """Normalize procedure codes (SPEC §6.5): ``(codes, changed_count)``.
+    """Normalize procedure codes: ``(codes, changed_count)``.
 
     Upper-cased, spaces removed, then ``procedure_map`` (keys normalized the same way). NULL
     stays NULL; a value that would become ``''`` is left as it was.

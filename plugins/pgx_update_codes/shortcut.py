@@ -1,4 +1,4 @@
-"""The seed-compatible ``pgx update-codes`` shortcut (SPEC §5) as a one-stage run spec.
+"""The seed-compatible ``pgx update-codes`` shortcut as a one-stage run spec.
 
 ``pgx update-codes [--resume] [--years 2019,2020] [--age-bands …] [--workers-medical N]
 [--chunk-rows N] [--dry-run]`` becomes a ``PipelineRun`` with one ``update-codes`` stage. The
@@ -8,7 +8,7 @@ older command line named neither the lake nor the maps, so:
   ``s3://pgxdatalake`` (the :func:`pgx_core.paths.default_lake` rule every pgx path helper uses);
 * target map: ``--target-map``, else ``target_mapping/target_icd_mapping.json`` under the lake's
   default state root — ``s3://pgx-repository/target_mapping/target_icd_mapping.json`` for an S3
-  lake (the SPEC §4 example), ``<lake>/_state/target_mapping/target_icd_mapping.json`` for a local
+  lake, ``<lake>/_state/target_mapping/target_icd_mapping.json`` for a local
   one. Only set when ``medical`` is among the datasets;
 * ``--procedure-map``, ``--drug-map``, ``--datasets`` (default ``medical``) pass through;
 * ``--workers-medical N`` → ``executor.maxParallel``; ``--chunk-rows N`` → ``chunkRows``;
@@ -37,7 +37,7 @@ from pgx_core.runspec import API_VERSION, KIND
 
 STAGE = "update-codes"
 TARGET_MAP_KEY = "target_mapping/target_icd_mapping.json"
-DEFAULT_TARGET_MAP = "s3://pgx-repository/" + TARGET_MAP_KEY  # SPEC §4's example
+DEFAULT_TARGET_MAP = "s3://pgx-repository/" + TARGET_MAP_KEY  # under the default state root of S3 lakes
 LEGACY_NOTES = {
     "no_merge": "note: --no-merge is ignored: pgx always rewrites each gold partition in place as one object",
     "chunked": "note: --chunked is ignored: pgx always streams partitions row group by row group",

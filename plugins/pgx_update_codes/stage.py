@@ -1,4 +1,4 @@
-"""The ``update-codes`` (updcd) stage: pass 2, normalizing target codes in gold in place (SPEC §6.5).
+"""The ``update-codes`` (updcd) stage: pass 2, normalizing target codes in gold in place.
 
 One entity per ``(dataset, age_band, event_year)`` gold object, with the same id as the clean entity
 that produced it (``medical__age_band=65-74__event_year=2019``). The pure rules live in
@@ -6,8 +6,8 @@ that produced it (``medical__age_band=65-74__event_year=2019``). The pure rules 
 it through the rules row group by row group. Promotion (backup first, atomic replacement, state)
 is the core's.
 
-**Lineage and resume.** Pass 2 replaces the object it reads, so "the input object's checksum" of
-SPEC §6.5 cannot be the live object's: after our own rewrite that changes, and a rerun would redo
+**Lineage and resume.** Pass 2 replaces the object it reads, so the input object's checksum
+cannot be the live object's: after our own rewrite that changes, and a rerun would redo
 everything. The input fingerprint is instead the checksum with which *clean* produced the object
 (``clean=<sha256>``), whenever the live object is clean's output or our rewrite of it:
 
@@ -24,7 +24,7 @@ everything. The input fingerprint is instead the checksum with which *clean* pro
    without touching clean's state (clean's own resume will then redo it).
 
 The rewritten object is an ``Output(rewrites=("clean_<dataset>", entity id))`` so clean's resume
-keeps accepting it (SPEC §7). A map change is a configuration change: the maps' fingerprints are
+keeps accepting it. A map change is a configuration change: the maps' fingerprints are
 the entity's ``config_extra`` (medical: target and procedure maps; pharmacy: drug map), so a new
 target map reprocesses medical partitions and leaves pharmacy alone. A new map applies to gold as
 it is now (pass 2 composes); to start again from clean's output, rerun clean.
@@ -92,7 +92,7 @@ _COPY_CHUNK = 8 * MB
 
 
 def entity_id(dataset: str, age_band: str, event_year: int) -> str:
-    """The clean entity id of a gold partition, which is also ours (SPEC §7)."""
+    """The clean entity id of a gold partition, which is also ours."""
     return paths.safe_id(dataset, f"age_band={age_band}", f"event_year={event_year}")
 
 
@@ -163,7 +163,7 @@ def classify(
 
 
 class UpdateCodesStage(Stage[UpdateCodesParams]):
-    """Pass 2 on gold, in place (SPEC §6.5)."""
+    """Pass 2 on gold, in place."""
 
     type_name = "update-codes"
     tx = "updcd"

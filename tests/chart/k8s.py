@@ -1,4 +1,4 @@
-"""Shared checks of rendered Kubernetes objects (chart, ``pgx render``, manifests/): SPEC §12."""
+"""Shared checks of rendered Kubernetes objects (chart, ``pgx render``, manifests/)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def spec_of(config_map: dict[str, Any]) -> RunSpec:
 def check_job_spec(
     job: dict[str, Any], *, ray_address: str | None, service_account: str, config_maps: set[str]
 ) -> None:
-    """Every Job and pod setting of SPEC §12 and the issue, on one Job spec."""
+    """Every Job and pod setting pgx requires, on one Job spec."""
     assert job["backoffLimit"] >= 0
     assert job["activeDeadlineSeconds"] > 0
     assert job["ttlSecondsAfterFinished"] >= 0

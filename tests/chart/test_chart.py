@@ -1,4 +1,4 @@
-"""The Helm chart charts/pgx, rendered with the real Helm engine (helm-python-sdk), SPEC §12."""
+"""The Helm chart charts/pgx, rendered with the real Helm engine (helm-python-sdk)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Static checks of the image's files (SPEC §12). Building it is `make image-test`, never `make test`."""
+"""Static checks of the image's files. Building it is `make image-test`, never `make test`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""manifests/: plain YAML for `kubectl apply`, generated from the chart and `pgx render` (SPEC §12)."""
+"""manifests/: plain YAML for `kubectl apply`, generated from the chart and `pgx render`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""pgx_core.render: the ConfigMap + Job `pgx render` prints (SPEC §5, §12)."""
+"""pgx_core.render: the ConfigMap + Job `pgx render` prints."""
 
 from __future__ import annotations
 

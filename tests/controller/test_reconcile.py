@@ -131,7 +131,7 @@ def test_status_follows_the_job(kube: FakeKube, make_controller: Callable[..., C
     st = run_of(kube)["status"]
     assert st["phase"] == "Pending" and st["observedGeneration"] == 2 and st["runId"] != first_run_id
 
-    # podFailurePolicy FailJob on exit code 2: the reason says what SPEC §5 means by it.
+    # podFailurePolicy FailJob on exit code 2: the reason says what that exit code means.
     kube.set_status(
         JOBS,
         "pgx-example-g2",

@@ -1,4 +1,4 @@
-"""Clean's resume survives update-codes rewriting its gold in place (SPEC §7), and vice versa."""
+"""Clean's resume survives update-codes rewriting its gold in place, and vice versa."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rules of the clean stages, checked against the text of SPEC §6.4 (and §2, §8, Appendix A)."""
+"""Rules of the clean stages: trim and null tokens, amounts, NDC, drug names, duplicates, gold schema, counters."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ IMPUTED = ("gender_imputed", "race_imputed", "zip_imputed", "county_imputed", "p
 
 
 def silver(dataset: str, rows: list[dict[str, Any]]) -> pa.Table:
-    """A silver table (SPEC §6.3 step 6 layout) from partial rows; unspecified cells get defaults."""
+    """A silver table (impute's output layout) from partial rows; unspecified cells get defaults."""
     defaults: dict[str, Any] = {
         "incurred_date": "20190115",
         "mi_person_key": "000000001",
@@ -65,7 +65,7 @@ def kept_lines(result: rules.CleanResult) -> list[tuple[str, int]]:
 
 
 # --------------------------------------------------------------------------------------------
-# normalize_strings (§2 trim, §6.4 null tokens)
+# normalize_strings (ASCII trim, null tokens)
 
 
 def test_trim_removes_exactly_ascii_whitespace() -> None:
@@ -301,7 +301,7 @@ def test_drug_map_fingerprint() -> None:
 
 
 def spec_gold_fields(dataset: str) -> list[tuple[str, pa.DataType]]:
-    """The gold columns as SPEC §6.4 words them, built independently of the implementation."""
+    """The gold columns, built independently of the implementation."""
     fields: list[tuple[str, pa.DataType]] = []
     for c in columns(dataset):
         if c == "member_age_dos":

@@ -76,7 +76,7 @@ def make_silver(
     year: int = YEAR,
     plant: str | None = None,
 ) -> pa.Table:
-    """``n`` rows plus exact duplicates, sorted by the raw silver order (SPEC §6.3 step 6).
+    """``n`` rows plus exact duplicates, sorted by the raw silver order, as impute writes it.
 
     Keys keep leading zeros; ``odd_rate`` of the rows spell their key with stray whitespace and
     ``null_keys`` rows have a key that normalizes to NULL; duplicates come from another source
@@ -330,7 +330,7 @@ def test_rerun_skips_and_a_changed_partition_reruns_alone_with_backup(tmp_path: 
 
 
 def _fake_impute_state(lake: Path, dataset: str, band: str, year: int) -> None:
-    """What impute records for a silver partition it produced (SPEC §7 state, pipeline global_imputation)."""
+    """What impute records for a silver partition it produced (its state, pipeline global_imputation)."""
     uri = paths.silver_object(lake.as_uri(), dataset, band, year)
     entity = paths.safe_id(dataset, f"age_band={band}", f"event_year={year}")
     state_entity = paths.safe_id(paths.lake_key(lake.as_uri()), entity)
@@ -615,7 +615,7 @@ KEY_SPELLINGS = ["01", "02", "10", "2", " 01", "02\t", "10 ", "N/A", " null"]
 def test_duplicates_share_the_trimmed_key_so_chunks_never_split_them(
     tmp_path: Path, keys: list[str], dup_picks: list[int], chunk: int, row_group: int
 ) -> None:
-    """Duplicates compare the normalized key (an Appendix A column), so whole-member chunks hold all
+    """Duplicates compare the normalized key (a layout column), so whole-member chunks hold all
     copies of a row, whatever the raw spelling of the key: streamed counts and bytes equal one-shot."""
     rows = [{"mi_person_key": k, "claim_id": f"C{i % 3}", "_source_line": i + 2} for i, k in enumerate(keys)]
     for j, pick in enumerate(dup_picks):

@@ -1,7 +1,7 @@
-"""Tests of the global demographic imputation rules (SPEC §6.3), written from the SPEC text.
+"""Tests of the global demographic imputation rules.
 
 Unit tests pin each rule; ``reference_impute`` below is a slow, row-by-row pure-Python reading of
-§6.3 written independently of ``pgx_impute.rules``, and hypothesis checks ``impute_bucket``
+the rules, written independently of ``pgx_impute.rules``, and hypothesis checks ``impute_bucket``
 against it on random member histories, then checks that any bucket count gives byte-identical
 outputs.
 """
@@ -87,7 +87,7 @@ def test_member_is_the_key_trimmed_of_ascii_whitespace_only() -> None:
     keys = [" 001\t", "001", "\r\n007 ", "\xa0", "\xa0 12 ", "7\u2003"]
     valid, quarantined = rules.split_keys(bronze("medical", [{"key": k, "date": "20190101"} for k in keys]))
     assert quarantined.num_rows == 0
-    # NBSP and EM SPACE are not ASCII whitespace: SPEC §2 trim is pyarrow's ascii_trim_whitespace.
+    # NBSP and EM SPACE are not ASCII whitespace: the trim is pyarrow's ascii_trim_whitespace.
     assert valid["member"].to_pylist() == ["001", "001", "007", "\xa0", "\xa0 12", "7\u2003"]
     assert valid["mi_person_key"].to_pylist() == keys
 
@@ -735,7 +735,7 @@ def _sortable(value: Any) -> tuple[bool, Any]:
 
 def reference_impute(bronze_rows: Mapping[str, list[dict[str, Any]]], years: Iterable[int],
                      lookahead: int) -> dict[str, Any]:
-    """SPEC §6.3 row by row, in plain Python."""
+    """The imputation rules row by row, in plain Python."""
     in_run = set(years)
     valid: list[dict[str, Any]] = []
     quarantine: dict[str, list[dict[str, Any]]] = {d: [] for d in DATA_TYPES}

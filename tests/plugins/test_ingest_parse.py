@@ -1,4 +1,4 @@
-"""Ingest parsing rules, written from SPEC §6.1 and Appendix B, checked against a slow reference."""
+"""Ingest parsing rules and reject reasons, checked against a slow reference."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def reasons(rejects: list[dict[str, object]]) -> list[tuple[object, object]]:
     return [(r["_source_line"], r["reason"]) for r in rejects]
 
 
-# ---- a slow reference parser, straight from the SPEC text ---------------------------------------
+# ---- a slow reference parser, written independently of pgx_ingest.parse -------------------------
 
 def reference(data: bytes, encoding: str = "cp1252") -> tuple[str | None, list[tuple[int, list[str]]],
                                                              list[tuple[int, str, bytes]]]:

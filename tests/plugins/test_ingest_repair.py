@@ -1,4 +1,4 @@
-"""Repairs of rejected lines (SPEC §6.2): override encoding, pad, join surplus fields."""
+"""Repairs of rejected lines: override encoding, pad, join surplus fields."""
 
 from __future__ import annotations
 

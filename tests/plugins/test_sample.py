@@ -1,4 +1,4 @@
-"""The synthetic APCD generator (SPEC §5 ``pgx sample``): shape, determinism, defects, manifest."""
+"""The synthetic APCD generator (``pgx sample``): shape, determinism, defects, manifest."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rules of the target-frequency report, checked against the text of SPEC §6.6."""
+"""Rules of the target-frequency report."""
 
 from __future__ import annotations
 

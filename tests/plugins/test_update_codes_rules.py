@@ -1,4 +1,4 @@
-"""Rules of update-codes (pass 2), checked against the text of SPEC §6.5."""
+"""Rules of update-codes (pass 2)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_map_wins_over_the_full_pattern() -> None:
 
 
 def test_token_is_not_looked_up_in_the_map_literal_spec() -> None:
-    # SPEC §6.5 consults the map for ``flat`` only. With a map that re-targets a well-formed code,
+    # The rule consults the map for ``flat`` only. With a map that re-targets a well-formed code,
     # a token found inside junk is returned as is on pass 1 and mapped on a later pass.
     tm = load_code_map({"F1120": "F1121"})
     assert icd(["XYF1120"], tm) == ["F1120"]

@@ -121,7 +121,7 @@ def gold_table(dataset: str, rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def medical_rows() -> list[dict[str, Any]]:
-    """Every SPEC §6.5 example, plus the columns pass 2 must not touch."""
+    """An example of every ICD and procedure rule path, plus the columns pass 2 must not touch."""
     return [
         {
             "primary_icd_diagnosis_code": "F11.20",
@@ -261,7 +261,7 @@ def test_rerun_with_the_same_maps_writes_nothing_and_clean_still_skips(tmp_path:
     assert code == 0
     assert snapshot(lake) == before  # no data object, backup, state or tracker written
     assert summary(lake, "update_codes", again.run_id)["totals"]["skipped"] == 3
-    # Clean's resume accepts the rewritten gold (SPEC §7): a clean run skips every partition.
+    # Clean's resume accepts the rewritten gold: a clean run skips every partition.
     code, clean = run(spec(tmp_path, lake, [{"use": "fake-clean-medical"}], name="clean"))
     assert code == 0
     assert summary(lake, "clean_medical", clean.run_id)["totals"]["skipped"] == 3

@@ -82,7 +82,7 @@ A CronJob name may have at most 52 characters (its Jobs get an 11-character suff
 {{- end }}
 
 {{/*
-The Job spec of one scheduled run (SPEC §12). pgx_core/render.py builds the same shape for
+The Job spec of one scheduled run. pgx_core/render.py builds the same shape for
 `pgx render`; tests/chart compares the two. Call with (dict "root" $ "schedule" $s).
 */}}
 {{- define "pgx.jobSpec" -}}
@@ -99,7 +99,7 @@ podFailurePolicy:
       onPodConditions:
         - type: DisruptionTarget
           status: "True"
-    # SPEC §5: data error, conflict and invalid spec will not go away by retrying.
+    # Data error (2), conflict (3) and invalid spec (64) will not go away by retrying.
     - action: FailJob
       onExitCodes:
         containerName: pgx
