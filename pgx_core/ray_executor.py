@@ -145,7 +145,11 @@ def _item_error(exc: Exception) -> BaseException:
 
 
 def _gcs_address() -> tuple[str, int] | None:
-    """Host and port of the cluster's GCS (on its head), or None (Ray Client: no direct address)."""
+    """Host and port of the cluster's GCS (on its head), or None under Ray Client, whose driver
+    talks to the cluster through its client server and may not reach the GCS at all."""
+    client: Any = ray.util.client.ray
+    if not ray.is_initialized() or client.is_connected():
+        return None
     try:
         host, _, port = str(ray.get_runtime_context().gcs_address).rpartition(":")
         return (host, int(port)) if host else None

@@ -171,7 +171,7 @@ class Runner:
                 )
                 self.plugins.call("pgx_before_run", must_succeed=True, run=self.run, spec=self.spec)
                 executor = make_executor(self.executor_kind, self.stop, run=self.run, warm_modules=self.task_modules())
-                codes = self._run_stages(executor)
+                self._run_stages(executor, codes)
             except Exception as exc:
                 codes.append(self._run_failed(exc))
             finally:
@@ -193,8 +193,9 @@ class Runner:
             raise UsageError(f"Run id {self.run_id} is already in use by a live run (its lease {uri} is held)")
         return LeaseKeeper(got)
 
-    def _run_stages(self, executor: Executor) -> list[ExitCode]:
-        codes: list[ExitCode] = []
+    def _run_stages(self, executor: Executor, codes: list[ExitCode]) -> None:
+        """Run the stages in order, adding each one's exit code to ``codes`` as it ends (so that a
+        later stage's failure does not hide an earlier stage's outcome)."""
         failed_script: str | None = None
         for rs in self.stages:
             # After a stage that did not fully succeed, only its siblings (same stage type, e.g.
@@ -218,7 +219,6 @@ class Runner:
             self._current = None
             if code != ExitCode.OK:
                 failed_script = rs.stage_cls.script_name
-        return codes
 
     def _run_failed(self, exc: Exception) -> ExitCode:
         """A failure that ended the run: recorded in the summary of the stage it hit (the first

@@ -38,6 +38,7 @@ from pgx_core.storage import ObjectStore, StoreConfig, arrow_error, open_store
 
 log = get_logger(__name__)
 
+
 class StoreCache:
     """One store per scheme for this task (S3 clients are bucket-agnostic)."""
 
@@ -248,7 +249,7 @@ def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOut
 
 
 def _completed_meanwhile(states: StateStore, task: EntityTask, store: ObjectStore) -> bool:
-    """True when another run completed the entity between our plan and our lease .
+    """True when another run completed the entity between our plan and our lease.
 
     The plan's decision stands while the state is the version it saw; a newer version that is
     completed with our fingerprints and intact outputs means the work is done: redoing it would
