@@ -1,5 +1,6 @@
-"""Data safety under concurrency: runs racing on one lake promote each entity once, and backup
-prefixes are never shared. Real `pgx run` processes on a local lake and on moto-server S3."""
+"""Data safety of the core: runs racing on one lake promote each entity once, backup prefixes are
+never shared, entities never share a state folder, exit codes say what happened, and what crashed
+runs leave in staging is reclaimed. Real `pgx run` processes on a local lake and on moto-server S3."""
 
 from __future__ import annotations
 
