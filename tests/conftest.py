@@ -118,3 +118,20 @@ def wait_for_file(path: Path, proc: subprocess.Popen[str], timeout: float = 120)
         if time.monotonic() > deadline:
             raise AssertionError(f"{path.name} did not appear within {timeout:.0f} s")
         time.sleep(0.05)
+
+
+def pgx_run_paused(spec: Path, point: str, folder: Path) -> subprocess.Popen[str]:
+    """``pgx run SPEC --json`` in the background, held at fail point ``point`` once it gets there.
+
+    Returns when the run has reached the point; touch ``folder / f"{point}.release"`` to let it go on.
+    """
+    folder.mkdir(exist_ok=True)
+    proc = pgx_popen(
+        "run", str(spec), "--json", env={"PGX_FAILPOINTS": f"{point}=pause", "PGX_FAILPOINT_DIR": str(folder)}
+    )
+    try:
+        wait_for_file(folder / f"{point}.reached", proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc

@@ -16,7 +16,7 @@ import pytest
 
 from pgx_core import clock, paths
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
-from tests.conftest import pgx_popen, wait_for_file
+from tests.conftest import pgx_popen, pgx_run_paused
 from tests.core.lake_helpers import data_objects, input_table, put_table, run_json, write_spec
 
 ENTITIES = 4
@@ -79,12 +79,8 @@ def test_a_run_overtaken_after_planning_does_not_promote_again(
     store = open_store(lake, cfg)
     spec = write_spec(tmp_path, lake, cfg)
     fp_dir = tmp_path / "fp"
-    fp_dir.mkdir()
-    b = pgx_popen(
-        "run", str(spec), "--json", env={"PGX_FAILPOINTS": "after_plan=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
-    )
+    b = pgx_run_paused(spec, "after_plan", fp_dir)
     try:
-        wait_for_file(fp_dir / "after_plan.reached", b)
         code_a, _ = run_json(spec)  # A runs while B is paused after planning
         assert code_a == 0
         (fp_dir / "after_plan.release").touch()
@@ -299,12 +295,8 @@ def test_a_live_runs_staging_is_never_reclaimed(replaced: tuple[str, StoreConfig
     store = open_store(lake, cfg)
     spec = write_spec(tmp_path, lake, cfg)
     fp_dir = tmp_path / "fp"
-    fp_dir.mkdir()
-    a = pgx_popen(
-        "run", str(spec), "--json", env={"PGX_FAILPOINTS": "after_plan=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
-    )
+    a = pgx_run_paused(spec, "after_plan", fp_dir)
     try:
-        wait_for_file(fp_dir / "after_plan.reached", a)
         [live] = _staged_runs(store, lake)
         time.sleep(6)  # older than the lease's lifetime (5 s): only its renewed lease protects it
         assert run_json(spec)[0] == 0  # another run reclaims orphans, and finds this one alive

@@ -19,7 +19,7 @@ from pgx_apcd import layout
 from pgx_apcd.sample import generate
 
 from pgx_core import clock
-from tests.conftest import local_spec, pgx_popen, run_spec, wait_for_file
+from tests.conftest import local_spec, pgx_run_paused, run_spec
 from tests.plugins.test_impute_stage import zone_digest
 
 pytestmark = pytest.mark.integration
@@ -77,13 +77,9 @@ def test_sigterm_at_any_phase_ends_cleanly(
     shutil.copytree(src, lake)
     spec = local_spec(tmp_path, lake, IMPUTE, "term", executor={"type": executor, "maxParallel": 2})
     fp_dir = tmp_path / "fp"
-    fp_dir.mkdir()
     point = PHASES[phase]
-    proc = pgx_popen(
-        "run", str(spec), "--json", env={"PGX_FAILPOINTS": f"{point}=pause", "PGX_FAILPOINT_DIR": str(fp_dir)}
-    )
+    proc = pgx_run_paused(spec, point, fp_dir)
     try:
-        wait_for_file(fp_dir / f"{point}.reached", proc)
         signalled_at = clock.iso()
         proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)  # the driver sees the signal while the run is held at the point
