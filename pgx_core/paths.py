@@ -224,7 +224,7 @@ def source_stems(uris: list[str], lake: str) -> dict[str, str]:
     the SHA-256 of its key relative to the lake (its full URI when outside the lake): stable across
     runs, and distinct from every plain stem since those never contain ``~``.
 
-    ``x.txt`` + ``x.csv`` → ``x``, ``x~1f2e3d4c``; ``a b.txt`` + ``a_b.txt`` → ``a_b~…``, ``a_b``.
+    ``x.txt`` + ``x.csv`` → ``x``, ``x~<8 hex>``; ``a b.txt`` + ``a_b.txt`` → ``a_b~<8 hex>``, ``a_b``.
     """
     groups: dict[str, list[str]] = {}
     for uri in uris:
