@@ -71,7 +71,8 @@ MEANINGS: dict[str, str] = {
     "spec.executor.maxParallel": "Cap on concurrent work items (`null`: as many as Ray's memory resource admits).",
     "spec.executor.memoryBudgetMb": "Memory per work item in MB; stages size buckets and chunks to fit and "
     "Ray schedules by it.",
-    "spec.limit": "Smoke runs: process at most N entities per stage (`pgx run --limit` overrides).",
+    "spec.limit": "Smoke runs: per stage, run at most N of the entities that need work (those with input "
+    "rows); the rest wait for a later run (`pgx run --limit` overrides).",
     "spec.leaseTtlSeconds": "Lifetime of an entity lease (5-3600 s); renewed every third of it while the "
     "entity is worked on. An expired lease may be taken over by another run.",
     "spec.stages": "The stages to run, in order (at least one).",

@@ -92,13 +92,6 @@ def default_out_dir(run_id: str) -> Path:
     return Path(f"pgx-report-{run_id}")
 
 
-def _env_store_config() -> StoreConfig:
-    # A bare run id has no spec to say where S3 is: boto3 itself honours AWS_ENDPOINT_URL(_S3);
-    # the region follows the usual AWS variables.
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or StoreConfig().region
-    return StoreConfig(region=region)
-
-
 def run_ids(store: ObjectStore, lake: str, script_names: Iterable[str] | None = None) -> list[str]:
     """Every run id with at least one summary under ``lake`` (optionally only these script names),
     newest first. Run ids start with their UTC start second, so they sort chronologically."""
@@ -128,7 +121,7 @@ def resolve_run(arg: str, lake: str | None) -> tuple[str, str, StoreConfig]:
         lake = lake or os.environ.get("PGX_LAKE")
         if not lake:
             raise UsageError(f"pgx report {arg}: a run id needs the lake: pass --lake URI or set PGX_LAKE")
-        return lake.rstrip("/"), arg, _env_store_config()
+        return lake.rstrip("/"), arg, StoreConfig.resolve()
     if not Path(arg).exists() and not arg.endswith((".yaml", ".yml", ".json")):
         raise UsageError(
             f"pgx report: {arg!r} is neither a run spec file nor a run id (expected YYYYmmddTHHMMSSZ-xxxxxxxx)"
@@ -140,7 +133,7 @@ def resolve_run(arg: str, lake: str | None) -> tuple[str, str, StoreConfig]:
     spec_lake = spec.spec.lake.rstrip("/")
     if lake and lake.rstrip("/") != spec_lake:
         raise UsageError(f"pgx report {arg}: --lake {lake} differs from the spec's lake {spec_lake}")
-    config = StoreConfig(endpoint_url=spec.spec.s3.endpoint_url, region=spec.spec.s3.region)
+    config = StoreConfig.resolve(spec.spec.s3.endpoint_url, spec.spec.s3.region)
     store = open_store(spec_lake, config)
     scripts = sorted({st.stage_cls.script_name for st in spec.stages})
     # Newest first; only the candidates' summaries are read, so a long history costs one listing.

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgx_core import clock, failpoints, paths, summary
-from pgx_core.errors import InterruptedRun, PgxError, StorageError, TransientError, UsageError, scrub
+from pgx_core.errors import InterruptedRun, NoInput, PgxError, StorageError, TransientError, UsageError, scrub
 from pgx_core.executor import Executor, make_executor
 from pgx_core.exitcodes import ExitCode, worst
 from pgx_core.log import bind, get_logger, safe_traceback
@@ -48,12 +48,24 @@ class Decision:
 
 @dataclass
 class StagePlan:
+    """Every entity of a stage and whether it runs. ``limit`` (``--limit N``) caps how many of
+    the entities that need work run now; the rest are ``deferred`` to a later run."""
+
     stage: ResolvedStage
     decisions: list[Decision] = field(default_factory=list)
+    limit: int | None = None
+
+    @property
+    def needing_work(self) -> list[Decision]:
+        return [d for d in self.decisions if d.run]
 
     @property
     def to_run(self) -> list[Decision]:
-        return [d for d in self.decisions if d.run]
+        return self.needing_work[: self.limit]
+
+    @property
+    def deferred(self) -> list[Decision]:
+        return self.needing_work[self.limit :] if self.limit is not None else []
 
     @property
     def skipped(self) -> list[Decision]:
@@ -97,6 +109,12 @@ class Runner:
         self._current_tally: summary.StageTally | None = None
         self._tallies: dict[str, list[summary.StageTally]] = {}
 
+    @property
+    def tallies(self) -> list[summary.StageTally]:
+        """What each stage that began did, in the order the stages ran."""
+        order = {rs.name: i for i, rs in enumerate(self.stages)}
+        return sorted((t for ts in self._tallies.values() for t in ts), key=lambda t: order.get(t.name, len(order)))
+
     # --- helpers --------------------------------------------------------------------------------
     @property
     def lake_store(self) -> ObjectStore:
@@ -137,11 +155,9 @@ class Runner:
         stage = self._stage(rs)
         entities = stage.plan()
         _check_unique(rs.name, [self.state_entity(e) for e in entities])
-        if self.run.limit is not None:
-            entities = entities[: self.run.limit]
         config_fp = stage.config_fingerprint()
         states = StateStore(self.state_store, self.run.state_root, rs.stage_cls.script_name)
-        plan = StagePlan(rs)
+        plan = StagePlan(rs, limit=self.run.limit)
         for ent in entities:
             se = self.state_entity(ent)
             st, etag = states.read_versioned(se) or (None, None)
@@ -259,6 +275,9 @@ class Runner:
         tracker.set_status({d.state_entity: "completed" for d in plan.skipped})
         stage = self._stage(rs)
         config_fp = stage.config_fingerprint()
+        chosen = self._prepare(rs, plan, stage, functools.partial(self._fan_out, executor))
+        if plan.limit is not None:
+            tally.limit, tally.deferred = plan.limit, len(plan.needing_work) - len(chosen)
         tasks = [
             EntityTask(
                 self.run,
@@ -272,10 +291,8 @@ class Runner:
                 float(self.spec.spec.lease_ttl_seconds),
                 d.state_etag,
             )
-            for d in plan.to_run
+            for d in chosen
         ]
-        if tasks and not self.stop.is_set():
-            stage.prepare([t.entity for t in tasks], functools.partial(self._fan_out, executor))
         done = 0
         for outcome in self._execute_tasks(executor, tasks):
             done += 1
@@ -297,6 +314,29 @@ class Runner:
             summary={"totals": dict(tally.totals), "stats": summary.nest(tally.stats)},
         )
         return tally.exit_code
+
+    def _prepare(
+        self, rs: ResolvedStage, plan: StagePlan, stage: Stage[Any], fan_out: Callable[..., Iterator[Any]]
+    ) -> list[Decision]:
+        """Prepare the stage for the entities that run now, and return them.
+
+        Under ``--limit N`` the first N entities needing work run, in plan order, except for a stage
+        that learns only in its preparation which entities have rows (impute's shuffle): it is
+        prepared for every entity needing work, and the first N that have input run.
+        """
+        if not plan.needing_work or self.stop.is_set():
+            return plan.to_run  # after SIGTERM: unprepared, and the executor starts none of them (75)
+        if plan.limit is None or not stage.input_known_after_prepare:
+            chosen = plan.to_run
+            stage.prepare([d.entity for d in chosen], fan_out)
+            return chosen
+        stage.prepare([d.entity for d in plan.needing_work], fan_out)
+        chosen = [d for d in plan.needing_work if stage.has_input(d.entity)][: plan.limit]
+        if not chosen:
+            raise NoInput(
+                f"Stage {rs.name}: none of the {len(plan.needing_work)} entities that need work has input rows"
+            )
+        return chosen
 
     def _execute_tasks(self, executor: Executor, tasks: list[EntityTask]) -> Iterator[EntityOutcome]:
         """Run tasks; transient outcomes (and lost workers) are retried with backoff, up to a bound."""

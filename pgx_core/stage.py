@@ -117,7 +117,7 @@ class RunInfo:
             lake=spec.lake,
             state_root=spec.state_root,
             backup_root=spec.backup_root,
-            store_config=StoreConfig(endpoint_url=spec.s3.endpoint_url, region=spec.s3.region),
+            store_config=StoreConfig.resolve(spec.s3.endpoint_url, spec.s3.region),
             years=tuple(spec.partitions.years),
             age_bands=spec.partitions.bands(),
             memory_budget_mb=spec.executor.memory_budget_mb,
@@ -180,6 +180,8 @@ class Stage(abc.ABC, Generic[P]):
     version: ClassVar[str]  # bump when outputs change for the same inputs and parameters
     plugin_name: ClassVar[str]  # distribution name shown in summaries, e.g. "pgx-ingest"
     Params: ClassVar[type[StageParams]]
+    # True when only ``prepare`` learns which entities have input rows (see :meth:`has_input`).
+    input_known_after_prepare: ClassVar[bool] = False
 
     def __init__(self, params: P, run: RunInfo, store_for: Callable[[str], ObjectStore]) -> None:
         self.params = params
@@ -214,6 +216,12 @@ class Stage(abc.ABC, Generic[P]):
         ``fan_out(fn, items)`` runs ``fn(item)`` for each item on the executor and yields results.
         Only called when at least one entity will run. Intermediates go under ``scratch_uri``.
         """
+
+    def has_input(self, entity: Entity) -> bool:
+        """Whether ``entity`` has input rows to process; asked after :meth:`prepare` of a run with
+        ``--limit N`` when ``input_known_after_prepare`` is set, so that the N entities that run
+        have something to write. Runs in: driver."""
+        return True
 
     # --- worker side ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -75,6 +75,18 @@ class StoreConfig:
     endpoint_url: str | None = None
     region: str = "us-east-1"
 
+    @classmethod
+    def resolve(cls, endpoint_url: str | None = None, region: str | None = None) -> StoreConfig:
+        """A config whose unset parts come from the AWS SDKs' own environment variables.
+
+        Endpoint: ``endpoint_url``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (so that
+        boto3 and pyarrow's S3 filesystem talk to the same endpoint). Region: ``region``, else
+        ``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else us-east-1.
+        """
+        env = os.environ
+        endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        return cls(endpoint, region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or cls.region)
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -382,13 +394,14 @@ def arrow_error(exc: BaseException) -> PgxError | None:
 
 
 def open_store(uri: str, config: StoreConfig | None = None) -> ObjectStore:
-    """The store for a URI's scheme (``file://`` or ``s3://``)."""
+    """The store for a URI's scheme (``file://`` or ``s3://``); S3 settings default to the
+    environment's (:meth:`StoreConfig.resolve`)."""
     scheme = split_uri(uri)[0]
     if scheme == "file":
         return LocalStore()
     from pgx_core.storage_s3 import S3Store  # noqa: PLC0415 - keeps boto3 off the local-only path
 
-    return S3Store(config)
+    return S3Store(config or StoreConfig.resolve())
 
 
 def __getattr__(name: str) -> Any:

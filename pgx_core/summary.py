@@ -50,6 +50,9 @@ class StageTally:
     exit_code: ExitCode = ExitCode.OK
     error: str | None = None
     peak_item_rss_mb: int = 0  # largest RSS of a process while it ran one of this stage's items
+    limit: int | None = None  # --limit N of the run, when one was given
+    deferred: int = 0  # entities that needed work but were left for a later run by the limit
+    outputs: list[str] = field(default_factory=list)  # objects promoted, in completion order
     # When the stage began: a summary's times are those of its script_name's stages, not the run's.
     start_time: str = field(default_factory=clock.iso)
     started_mono: float = field(default_factory=clock.monotonic)
@@ -80,6 +83,8 @@ class StageTally:
         add_counts(self.stats, o.stats)
         self.backups.update(o.backups)
         self.removed.update(o.removed)
+        if status == "completed":
+            self.outputs.extend(o.outputs)
         self.codes.append(ExitCode(o.exit_code))
         self.peak_item_rss_mb = max(self.peak_item_rss_mb, o.peak_rss_mb)
         entry: dict[str, Any] = {
@@ -165,6 +170,7 @@ def build(
                 "totals": t.totals,
                 "stats": nest(t.stats),
                 "peak_item_rss_mb": t.peak_item_rss_mb,
+                **({"limit": t.limit, "deferred": t.deferred} if t.limit is not None else {}),
             }
             for t in tallies
         ],

@@ -173,6 +173,8 @@ class ImputeStage(Stage[ImputeParams]):
     version = "1"
     plugin_name = "pgx-impute"
     Params = ImputeParams
+    input_known_after_prepare = True  # which partitions get rows is known after the shuffle
+    _with_rows: frozenset[str] = frozenset()
 
     # -- inputs ------------------------------------------------------------------------------
     def _input_pattern(self, data_type: str) -> str:
@@ -206,10 +208,8 @@ class ImputeStage(Stage[ImputeParams]):
         # input fingerprint over all bronze objects (and the run's years, which decide scope).
         digest.update(f"years={','.join(map(str, self.run.years))}".encode())
         fp = "sha256:" + digest.hexdigest()
-        entities = [
-            Entity(id=f"{dt}__{QUARANTINE}", input_fingerprint=fp, payload={"kind": QUARANTINE, "data_type": dt})
-            for dt in DATA_TYPES
-        ]
+        # Silver first: a smoke run (--limit N) writes silver partitions before anything else.
+        entities = []
         for dt in DATA_TYPES:
             for year in self.run.years:
                 for band in AGE_BANDS:
@@ -228,6 +228,10 @@ class ImputeStage(Stage[ImputeParams]):
                     payload={"kind": DEMOGRAPHICS, "year": year},
                 )
             )
+        entities.extend(
+            Entity(id=f"{dt}__{QUARANTINE}", input_fingerprint=fp, payload={"kind": QUARANTINE, "data_type": dt})
+            for dt in DATA_TYPES
+        )
         return entities
 
     def _scratch(self) -> str:
@@ -264,6 +268,9 @@ class ImputeStage(Stage[ImputeParams]):
                 acc += size
             if current:
                 ranges.append((dt, uri, current))
+        if not any(total_rows.values()):
+            where = " and ".join(self._input_pattern(dt) for dt in DATA_TYPES)
+            raise NoInput(f"impute's bronze input holds no rows ({where})")
         n_buckets = self.params.buckets or rules.estimate_bucket_count(total_bytes, self.run.memory_budget_mb)
         scratch = self._scratch()
         items = [
@@ -318,6 +325,11 @@ class ImputeStage(Stage[ImputeParams]):
             "stats": totals,
         }
         self.store_for(scratch).write_bytes(self._manifest_uri(), json.dumps(manifest).encode())
+        self._with_rows = frozenset(fragments)
+
+    def has_input(self, entity: Entity) -> bool:
+        """Whether the shuffle gave ``entity`` rows (its output will hold some)."""
+        return entity.id in self._with_rows
 
     # -- assembly: one output object per entity ----------------------------------------------
     def _final(self, payload: dict[str, Any]) -> str:

@@ -997,3 +997,16 @@ def test_replace_is_atomic_for_concurrent_readers(lake: Lake) -> None:
     assert set(seen) <= {"A", "B"}, seen
     assert seen["A"] > 0 and seen["B"] > 0, seen  # the reads really overlapped the replacements
     assert store.read_bytes(final) == a
+
+
+def test_store_config_takes_unset_parts_from_the_aws_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    assert StoreConfig.resolve() == StoreConfig(None, "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    assert StoreConfig.resolve() == StoreConfig("http://127.0.0.1:9000", "eu-west-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9001")  # the S3-specific one wins
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
+    assert StoreConfig.resolve() == StoreConfig("http://127.0.0.1:9001", "us-west-2")
+    assert StoreConfig.resolve("http://spec:1", "ap-south-1") == StoreConfig("http://spec:1", "ap-south-1")

@@ -186,3 +186,37 @@ def test_an_input_glob_matching_nothing_changes_nothing_and_exits_2(bronze_lake:
     doc = summary(lake, runner.run_id)
     assert doc["status"] == "error" and doc["totals"]["entities"] == 0
     assert doc["error"] == f"impute found no bronze Parquet object under {nothing}"
+
+
+def test_a_limited_run_writes_the_first_entities_that_have_rows(bronze_lake: Path, tmp_path: Path) -> None:
+    """``--limit 1`` ran the first entity in plan order — a quarantine object or a partition the
+    shuffle left empty — wrote no silver, and reported success."""
+    lake = clone(bronze_lake, tmp_path / "l")
+    path = write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 2}}], "limited")
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["partitions"] = {"years": [2001, 2016]}  # 2001 holds no event: its partitions come first, empty
+    doc["spec"]["limit"] = 2
+    path.write_text(yaml.safe_dump(doc))
+    code, runner = run(path)
+    assert code == 0
+    written = sorted(str(p.relative_to(lake)) for p in (lake / "silver").rglob("*.parquet"))
+    assert written == [
+        "silver/imputed/pharmacy/age_band=0-12/event_year=2016/pharmacy_data.parquet",
+        "silver/imputed/pharmacy/age_band=13-24/event_year=2016/pharmacy_data.parquet",
+    ]
+    [stage] = summary(lake, runner.run_id)["stages"]
+    assert stage["totals"]["completed"] == 2 and stage["limit"] == 2 and stage["deferred"] > 0
+
+
+def test_bronze_that_holds_no_rows_is_no_input_and_silver_stays(bronze_lake: Path, tmp_path: Path) -> None:
+    """Bronze objects with zero rows planned every partition empty: silver was deleted, exit 0."""
+    lake = clone(bronze_lake, tmp_path / "z")
+    assert run(write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 2}}], "first"))[0] == 0
+    before = zone_digest(lake, "silver")
+    for f in (lake / "bronze").rglob("*.parquet"):
+        if "_rejects" not in f.parts:
+            pq.write_table(pq.read_table(f).slice(0, 0), f)
+    code, runner = run(write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 2}}], "empty"))
+    assert code == 2
+    assert zone_digest(lake, "silver") == before
+    assert "impute's bronze input holds no rows" in summary(lake, runner.run_id)["error"]
