@@ -101,8 +101,7 @@ def _runner(args: argparse.Namespace, **kw: Any) -> Any:
     return Runner(spec, plugins, stages=getattr(args, "stage", None) or None, **kw)
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    runner = _runner(args, resume=not args.no_resume, limit=args.limit)
+def _show_plan(args: argparse.Namespace, runner: Any) -> int:
     plans = runner.plan()
     doc = {
         "run_name": runner.spec.name,
@@ -112,6 +111,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 "type": p.stage.use,
                 "run": [{"entity": d.state_entity, "reason": d.reason} for d in p.to_run],
                 "skip": [{"entity": d.state_entity, "reason": d.reason} for d in p.skipped],
+                "deferred": [{"entity": d.state_entity, "reason": d.reason} for d in p.deferred],
             }
             for p in plans
         ],
@@ -120,15 +120,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     def human() -> None:
         for p in plans:
-            print(f"stage {p.stage.name} ({p.stage.use}): {len(p.to_run)} to run, {len(p.skipped)} skipped")
-            for d in p.decisions:
-                print(f"  {'run ' if d.run else 'skip'}  {d.state_entity}  ({d.reason})")
+            later = f", {len(p.deferred)} left for a later run (--limit {p.limit})" if p.deferred else ""
+            print(f"stage {p.stage.name} ({p.stage.use}): {len(p.to_run)} to run, {len(p.skipped)} skipped{later}")
+            if p.limit is not None and p.stage.stage_cls.input_known_after_prepare:
+                print(f"  (--limit {p.limit}: the run picks the first entities that its preparation finds rows for)")
+            for d in p.to_run:
+                print(f"  run   {d.state_entity}  ({d.reason})")
+            for d in p.skipped:
+                print(f"  skip  {d.state_entity}  ({d.reason})")
 
     _emit(args, doc, human)
     return ExitCode.OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_plan(args: argparse.Namespace) -> int:
+    return _show_plan(args, _runner(args, resume=not args.no_resume, limit=args.limit))
+
+
+MAX_LISTED_OUTPUTS = 5
+
+
+def _stage_lines(tally: Any) -> list[str]:
+    """What one stage did, in words: counts, what the limit left, and the first outputs written."""
+    t = tally.totals
+    if tally.error and not t["entities"]:
+        return [f"stage {tally.name}: ended before any entity ran"]
+    if not t["entities"] and not tally.deferred:
+        return [f"stage {tally.name}: nothing in scope, no input matched the run's partitions"]
+    if t["skipped"] and not (t["completed"] or t["failed"] or t["locked"] or tally.deferred or tally.error):
+        return [f"stage {tally.name}: nothing to do, all {t['skipped']} entities were already completed"]
+    done = [f"{t['completed']} completed", f"{t['skipped']} already done"]
+    done += [f"{t[k]} {k}" for k in ("failed", "locked") if t[k]]
+    line = f"stage {tally.name}: " + ", ".join(done)
+    if tally.limit is not None:
+        line += f"; {tally.deferred} more left for a later run (--limit {tally.limit})"
+    lines = [line]
+    lines += [f"  wrote {uri}" for uri in tally.outputs[:MAX_LISTED_OUTPUTS]]
+    if len(tally.outputs) > MAX_LISTED_OUTPUTS:
+        lines.append(f"  … and {len(tally.outputs) - MAX_LISTED_OUTPUTS} more objects (see the summary)")
+    return lines
+
+
+def _execute(args: argparse.Namespace, make_runner: Callable[..., Any]) -> int:
+    """Run with SIGTERM/SIGINT as a clean stop, progress on a terminal, and a closing report."""
     from pgx_core.progress import Progress  # noqa: PLC0415
 
     stop = threading.Event()
@@ -142,27 +176,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     progress = Progress(enabled=not args.json and sys.stderr.isatty())
-    runner = _runner(
-        args,
-        resume=not args.no_resume,
-        limit=args.limit,
-        executor=args.executor,
-        stop=stop,
-        on_progress=progress.update if progress.enabled else None,
-    )
+    runner = make_runner(stop=stop, on_progress=progress.update if progress.enabled else None)
     code = runner.execute()
     progress.close()
     if runner.error:
         print(f"pgx: {runner.error}", file=sys.stderr)
-    doc = {"run_id": runner.run_id, "exit_code": int(code), "summaries": runner.summaries}
+    doc = {
+        "run_id": runner.run_id,
+        "exit_code": int(code),
+        "summaries": runner.summaries,
+        "stages": [
+            {"stage": t.name, "totals": t.totals, "limit": t.limit, "deferred": t.deferred, "outputs": t.outputs}
+            for t in runner.tallies
+        ],
+    }
 
     def human() -> None:
+        for t in runner.tallies:
+            for line in _stage_lines(t):
+                print(line)
         print(f"run {runner.run_id} finished: exit {int(code)} ({ExitCode(code).name.lower()})")
         for s in runner.summaries:
             print(f"  summary: {s}")
 
     _emit(args, doc, human)
     return int(code)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _execute(
+        args,
+        lambda **kw: _runner(args, resume=not args.no_resume, limit=args.limit, executor=args.executor, **kw),
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -207,7 +252,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from pgx_core.storage import StoreConfig  # noqa: PLC0415
 
     prefix = backup_s3_prefix(
-        args.src_prefix, args.backup_root, StoreConfig(endpoint_url=args.endpoint_url, region=args.region)
+        args.src_prefix, args.backup_root, StoreConfig.resolve(args.endpoint_url, args.region)
     )
     _emit(args, {"backup_prefix": prefix}, lambda: print(prefix))
     return ExitCode.OK
@@ -228,39 +273,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.dir, rows=args.rows, executor=args.executor, as_json=args.json)
 
 
-def cmd_impute(args: argparse.Namespace) -> int:
-    from pgx_impute.shortcut import build_impute_spec  # noqa: PLC0415
-
-    from pgx_core.shortcuts import run_document  # noqa: PLC0415
-
-    doc = build_impute_spec(
-        pharmacy_input=args.pharmacy_input,
-        medical_input=args.medical_input,
-        output_root=args.output_root,
-        limit=args.limit,
-    )
-    return run_document(doc, args, source="pgx impute")
+SHORTCUTS = ("pgx_impute.shortcut", "pgx_clean.shortcut", "pgx_target_frequency.shortcut", "pgx_update_codes.shortcut")
 
 
-def cmd_clean(args: argparse.Namespace) -> int:
-    from pgx_clean.shortcut import build_clean_spec  # noqa: PLC0415
+def cmd_shortcut(args: argparse.Namespace) -> int:
+    """A seed-compatible shortcut: the older script's flags as a one-stage run spec, run as ``pgx run``."""
+    import yaml  # noqa: PLC0415
 
-    from pgx_core.shortcuts import run_document  # noqa: PLC0415
+    from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
+    from pgx_core.runner import Runner  # noqa: PLC0415
+    from pgx_core.runspec import validate_document  # noqa: PLC0415
 
-    glob = args.pharmacy_input if args.job == "pharmacy" else args.raw_medical
-    doc = build_clean_spec(args.job, glob, args.output_root, args.limit, drug_map=args.drug_map)
-    return run_document(doc, args, source="pgx clean")
-
-
-def cmd_update_codes(args: argparse.Namespace) -> int:
-    from pgx_update_codes.shortcut import build_update_codes_spec, legacy_notes, resume_requested  # noqa: PLC0415
-
-    from pgx_core.shortcuts import run_document  # noqa: PLC0415
-
-    for note in legacy_notes(args):
+    shortcut = args.shortcut
+    for note in shortcut.notes(args):
         print(note, file=sys.stderr)
-    doc = build_update_codes_spec(args)
-    return run_document(doc, args, source="pgx update-codes", resume=resume_requested(args))
+    doc = shortcut.build_spec(args)
+    if args.print_spec:
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+        return ExitCode.OK
+    plugins = make_plugin_manager()
+    spec = validate_document(doc, f"pgx {args.command}", plugins.registry)
+
+    def make_runner(**kw: Any) -> Runner:
+        return Runner(spec, plugins, resume=not args.no_resume, executor=args.executor, **kw)
+
+    if getattr(args, "plan_only", False):
+        return _show_plan(args, make_runner())
+    return _execute(args, make_runner)
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
@@ -309,7 +348,7 @@ def _run_id(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document instead of human output")
-    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p = argparse.ArgumentParser(
         prog="pgx", description="Pipeline runtime for APCD claims data lakes.", parents=[common]
     )
@@ -348,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("backup", cmd_backup, "copy every object under SRC_PREFIX to BACKUP_ROOT/backup_<stamp>/")
     sp.add_argument("src_prefix")
     sp.add_argument("backup_root")
-    sp.add_argument("--endpoint-url", default=None, help="S3 endpoint (MinIO, moto)")
-    sp.add_argument("--region", default="us-east-1")
+    sp.add_argument("--endpoint-url", default=None, help="S3 endpoint (MinIO, moto; default: $AWS_ENDPOINT_URL)")
+    sp.add_argument("--region", default=None, help="S3 region (default: $AWS_REGION, else us-east-1)")
 
     add("plugins", cmd_plugins, "installed plugins, versions and stage types")
 
@@ -359,30 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--defects", action="store_true", help="plant every reject and quarantine reason at known lines")
 
-    sp = add("impute", cmd_impute, "seed-compatible: global imputation of bronze into silver")
-    sp.add_argument("--pharmacy-input", help="bronze pharmacy prefix or glob")
-    sp.add_argument("--medical-input", help="bronze medical prefix or glob")
-    sp.add_argument("--output-root", required=True, help="the lake (s3://BUCKET[/PREFIX] or file:///PATH)")
-    sp.add_argument("--limit", type=int)
-    sp.add_argument("--executor", choices=["local", "ray"])
-    sp.add_argument("--print-spec", action="store_true", help="print the generated run spec and exit")
+    import importlib  # noqa: PLC0415
 
-    sp = add("clean", cmd_clean, "seed-compatible: clean one dataset's silver partitions into gold")
-    sp.add_argument("--job", required=True, choices=["pharmacy", "medical"])
-    sp.add_argument("--pharmacy-input", help="silver pharmacy prefix or glob (older layouts accepted)")
-    sp.add_argument("--raw-medical", help="silver medical prefix or glob (older layouts accepted)")
-    sp.add_argument("--output-root", required=True, help="the lake (s3://BUCKET[/PREFIX] or file:///PATH)")
-    sp.add_argument("--drug-map", help="drug map URI (pharmacy)")
-    sp.add_argument("--limit", type=int)
-    sp.add_argument("--executor", choices=["local", "ray"])
-    sp.add_argument("--print-spec", action="store_true", help="print the generated run spec and exit")
-
-    sp = add("update-codes", cmd_update_codes, "seed-compatible: pass-2 target-code normalization of gold")
-    from pgx_update_codes.shortcut import add_update_codes_arguments  # noqa: PLC0415
-
-    add_update_codes_arguments(sp)
-    sp.add_argument("--executor", choices=["local", "ray"])
-    sp.add_argument("--print-spec", action="store_true", help="print the generated run spec and exit")
+    for module_name in SHORTCUTS:
+        shortcut = importlib.import_module(module_name)
+        sp = add(shortcut.COMMAND, cmd_shortcut, shortcut.HELP)
+        shortcut.add_arguments(sp)
+        sp.set_defaults(shortcut=shortcut)
 
     sp = add("render", cmd_render, "print the Kubernetes ConfigMap + Job that run SPEC in a cluster")
     sp.add_argument("spec")

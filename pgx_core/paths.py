@@ -113,6 +113,21 @@ def convert_raw_to_imputed_path(
     return build_zone_path("silver", data_type, age_band, event_year, lake=lake)
 
 
+def lake_of_zone_root(uri: str, zone: str, data_type: str | None = None) -> str | None:
+    """The lake whose zone root (:func:`build_zone_path` of ``zone`` and ``data_type``) is ``uri``.
+
+    ``lake_of_zone_root("s3://b/silver/imputed", "silver")`` → ``s3://b``;
+    ``lake_of_zone_root("file:///l/gold/pharmacy/", "gold", "pharmacy")`` → ``file:///l``. None when
+    ``uri`` is not that zone root of any lake (a lake root, another zone, a partition…).
+    """
+    marker = build_zone_path(zone, data_type, lake="s3://x").removeprefix("s3://x").rstrip("/")
+    lake = uri.strip().rstrip("/").removesuffix(marker)
+    _scheme, sep, rest = lake.partition("://")
+    if lake == uri.strip().rstrip("/") or not sep or not rest.strip("/"):
+        return None
+    return lake
+
+
 # --- canonical object locations -----------------------------------------------------------------
 
 

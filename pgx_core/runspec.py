@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 API_VERSION = "pgx.io/v1alpha1"
 KIND = "PipelineRun"
+DEFAULT_YEARS: tuple[int, ...] = (2016, 2017, 2018, 2019, 2020)
 AGE_BANDS = ("0-12", "13-24", "25-44", "45-54", "55-64", "65-74", "75-84", "85-94", "95-114", "unknown")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -131,7 +132,7 @@ class S3Settings(CamelModel):
 
 
 class Partitions(CamelModel):
-    years: list[int] = Field(default_factory=lambda: [2016, 2017, 2018, 2019, 2020], min_length=1)
+    years: list[int] = Field(default_factory=lambda: list(DEFAULT_YEARS), min_length=1)
     age_bands: Literal["all"] | list[str] = "all"
 
     @field_validator("years")

@@ -59,12 +59,15 @@ from pgx_clean.rules import (
 )
 from pgx_core import paths
 from pgx_core.errors import ConservationError, DataError, InterruptedRun, ObjectNotFound, StorageError, scrub
+from pgx_core.log import get_logger
 from pgx_core.parquet import MB, ROW_GROUP_ROWS
 from pgx_core.parquet import FixedRowGroupWriter as GoldWriter
 from pgx_core.runspec import Spec, StageParams, canonical_json
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
 from pgx_core.state import produced_checksum
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
+
+log = get_logger(__name__)
 
 # Gold row-group size: the core's fixed size (the bytes of a gold object depend on its rows only).
 # 64 Ki rows keeps the footer of an 18 M-row partition small (~275 row groups).
@@ -380,15 +383,29 @@ class _CleanStage(Stage[CP], Generic[CP]):
         given = self._input()
         if given is None:
             return self.run.lake
-        prefix = paths.convert_raw_to_imputed_path(given, self.dataset)
-        # The canonical prefix ends with the dataset's silver directory; what precedes it is the lake.
-        marker = paths.build_zone_path("silver", self.dataset, lake="file:///x").removeprefix("file:///x")
-        return prefix.removesuffix(marker)
+        lake = paths.lake_of_zone_root(paths.convert_raw_to_imputed_path(given, self.dataset), "silver", self.dataset)
+        assert lake is not None  # the canonical prefix is the zone root of some lake
+        return lake
+
+    def _warn_older_layout(self, canonical: str) -> None:
+        """An ``input`` in an older silver layout is read at the canonical prefix: say so, and say
+        when objects lie at the older location, which pgx does not read."""
+        given = self._input()
+        older = paths.split_glob(given)[0] if given else canonical
+        if older == canonical:
+            return
+        store = self.store_for(older)
+        left = sum(1 for info in store.list(older) if not info.uri.startswith(canonical))
+        log.warning(
+            "older silver layout: reading the canonical prefix",
+            extra={"event": "input_mapped", "input": given, "canonical": canonical, "objects_not_read": left},
+        )
 
     def plan(self) -> list[Entity]:
         ds = self.dataset
         lake = self.silver_lake()
         prefix = paths.build_zone_path("silver", ds, lake=lake)
+        self._warn_older_layout(prefix)
         objects = scan_partitions(self.store_for(prefix), prefix, f"{ds}_data.parquet", f"{self.type_name} (silver)")
         state_store = self.store_for(self.run.state_root)
         entities = []
@@ -503,7 +520,7 @@ class CleanPharmacyStage(_CleanStage[CleanPharmacyParams]):
         """Load the drug map and report every problem of it under ``drugMap`` (exit 64)."""
         if params.drug_map is None:
             return []
-        store = open_store(params.drug_map, StoreConfig(endpoint_url=spec.s3.endpoint_url, region=spec.s3.region))
+        store = open_store(params.drug_map, StoreConfig.resolve(spec.s3.endpoint_url, spec.s3.region))
         try:
             read_drug_map(store, params.drug_map)
         except DrugMapError as exc:

@@ -1,93 +1,107 @@
-"""The seed-compatible ``pgx update-codes`` shortcut as a one-stage run spec.
+"""``pgx update-codes``: the older ``7_update_codes.py`` command line as a one-stage run.
 
-``pgx update-codes [--resume] [--years 2019,2020] [--age-bands …] [--workers-medical N]
-[--chunk-rows N] [--dry-run]`` becomes a ``PipelineRun`` with one ``update-codes`` stage. The
-older command line named neither the lake nor the maps, so:
+The script named neither the lake nor the maps, so:
 
-* lake: ``--lake`` (a URI or a local path), else the ``PGX_LAKE`` environment variable, else
-  ``s3://pgxdatalake`` (the :func:`pgx_core.paths.default_lake` rule every pgx path helper uses);
-* target map: ``--target-map``, else ``target_mapping/target_icd_mapping.json`` under the lake's
-  default state root — ``s3://pgx-repository/target_mapping/target_icd_mapping.json`` for an S3
-  lake, ``<lake>/_state/target_mapping/target_icd_mapping.json`` for a local
-  one. Only set when ``medical`` is among the datasets;
-* ``--procedure-map``, ``--drug-map``, ``--datasets`` (default ``medical``) pass through;
-* ``--workers-medical N`` → ``executor.maxParallel``; ``--chunk-rows N`` → ``chunkRows``;
-  ``--dry-run`` → ``dryRun``; ``--years`` / ``--age-bands`` (comma lists) → ``years`` /
-  ``ageBands``; ``--endpoint-url`` → ``s3.endpointUrl`` (MinIO, moto);
-* ``--resume`` is accepted and is what pgx does anyway (resume is the default); ``--no-resume``
-  redoes every partition (:func:`resume_requested` tells the CLI which);
-* the legacy ``--no-merge``, ``--chunked`` and ``--threads N`` are accepted and ignored, each with a
-  one-line note (:func:`legacy_notes`): pgx always rewrites whole partitions in place, always
-  streams by row group, and sizes parallelism with ``--workers-medical`` / the executor.
-
-The CLI validates the document like any spec file, so problems are reported with their
-``spec.…`` key paths and exit 64.
+* lake: ``--lake`` (a URI or a local path), else ``$PGX_LAKE``, else ``s3://pgxdatalake``;
+* target map: ``--target-map`` (or the script's ``--icd-target-map``), else
+  ``target_mapping/target_icd_mapping.json`` under the lake's default state root —
+  ``s3://pgx-repository/…`` for an S3 lake, ``<lake>/_state/…`` for a local one; only set when
+  ``medical`` is among the datasets;
+* ``--procedure-map`` (the script's ``--cpt-map``), ``--drug-map``, ``--datasets`` (default
+  ``medical``), ``--years`` / ``--age-bands`` (comma lists) and ``--chunk-rows`` (0: sized from the
+  memory budget) map to the stage's parameters; ``--dry-run`` (the script's ``--no-apply``) to
+  ``dryRun``; ``--workers``, else the largest of ``--workers-medical`` / ``--workers-pharmacy``, to
+  ``executor.maxParallel``;
+* ``--resume`` is what pgx does anyway; the script's other flags are accepted with a note each
+  (:data:`LEGACY`): pgx rewrites whole partitions in place, streams by row group, and keeps its
+  own state.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from pgx_core import paths
 from pgx_core.errors import UsageError
-from pgx_core.runspec import API_VERSION, KIND
+from pgx_core.shortcuts import (
+    LegacyFlag,
+    add_common_arguments,
+    add_legacy_arguments,
+    as_uri,
+    default_lake,
+    legacy_notes,
+    pipeline_run,
+)
 
-STAGE = "update-codes"
+COMMAND = "update-codes"
+HELP = "seed-compatible: pass-2 target-code normalization of gold (7_update_codes.py)"
 TARGET_MAP_KEY = "target_mapping/target_icd_mapping.json"
-DEFAULT_TARGET_MAP = "s3://pgx-repository/" + TARGET_MAP_KEY  # under the default state root of S3 lakes
-LEGACY_NOTES = {
-    "no_merge": "note: --no-merge is ignored: pgx always rewrites each gold partition in place as one object",
-    "chunked": "note: --chunked is ignored: pgx always streams partitions row group by row group",
-    "threads": "note: --threads is ignored: use --workers-medical (executor.maxParallel) to cap parallelism",
-}
+_STATE = "pgx keeps resumable state under its state root and stages under <lake>/_staging/"
+_SHOWN = "pgx shows progress on a terminal and records durations and peak memory in the run summary"
+LEGACY = (
+    LegacyFlag("--no-merge", "pgx always rewrites each gold partition in place as one object", takes_value=False),
+    LegacyFlag("--chunked", "pgx always streams partitions row group by row group", takes_value=False),
+    LegacyFlag("--threads", "use --workers-medical (executor.maxParallel) to cap parallelism"),
+    LegacyFlag("--icd-map", "ICD codes are normalized with the target map (--target-map) and the fixed rules"),
+    LegacyFlag(
+        "--use-suggested",
+        "pass the suggested map as --target-map (pgx target-frequency writes it to gold/target_code/)",
+        takes_value=False,
+    ),
+    LegacyFlag(
+        "--fail-on-missing-mapping",
+        "unmapped codes stay unchanged and are counted as unrecognized in the run summary",
+        takes_value=False,
+    ),
+    LegacyFlag("--log-cpu", _SHOWN, takes_value=False),
+    LegacyFlag("--log-s3", _SHOWN, takes_value=False),
+    LegacyFlag("--show-progress", _SHOWN, takes_value=False),
+    LegacyFlag("--progress-deep", _SHOWN, takes_value=False),
+    LegacyFlag("--checkpoint-suffix", _STATE),
+    LegacyFlag("--staging-suffix", _STATE),
+    LegacyFlag("--duckdb-mem-limit", "work items are sized by executor.memoryBudgetMb"),
+    LegacyFlag("--target-file-size-mb", "each partition stays one object"),
+)
 
 
-def add_update_codes_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the shortcut's flags to an argparse (sub)parser (the CLI calls this)."""
-    parser.add_argument("--lake", help="lake URI or local path (default: $PGX_LAKE, else s3://pgxdatalake)")
-    parser.add_argument("--target-map", help="ICD target map URI (default: <repository>/" + TARGET_MAP_KEY + ")")
-    parser.add_argument("--procedure-map", help="procedure-code map URI (optional)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target-map",
+        "--icd-target-map",
+        dest="target_map",
+        help=f"ICD target map URI (default: <repository>/{TARGET_MAP_KEY})",
+    )
+    parser.add_argument("--procedure-map", "--cpt-map", dest="procedure_map", help="procedure-code map URI (optional)")
     parser.add_argument("--drug-map", help="drug map URI (pharmacy; optional)")
     parser.add_argument("--datasets", help="comma list of medical, pharmacy (default: medical)")
     parser.add_argument("--years", help="comma list of event years, e.g. 2019,2020 (default: the run's)")
     parser.add_argument("--age-bands", help="comma list of age bands, e.g. 65-74,75-84 (default: all)")
-    parser.add_argument("--workers-medical", type=int, metavar="N", help="at most N partitions at once")
+    parser.add_argument("--workers", type=int, metavar="N", help="at most N partitions at once")
+    parser.add_argument("--workers-medical", type=int, metavar="N", help="the same, the older script's name")
+    parser.add_argument("--workers-pharmacy", type=int, metavar="N", help="the same, the older script's name")
     parser.add_argument("--chunk-rows", type=int, metavar="N", help="rows per batch read and rewritten")
-    parser.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
-    parser.add_argument("--resume", action="store_true", help="accepted; resuming is the default")
-    parser.add_argument("--no-resume", action="store_true", help="redo every partition")
-    parser.add_argument("--endpoint-url", help="S3 endpoint URL (MinIO, moto)")
-    parser.add_argument("--no-merge", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--chunked", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--dry-run", "--no-apply", dest="dry_run", action="store_true", help="report what would change; write nothing"
+    )
+    add_common_arguments(parser, lake=True)
+    add_legacy_arguments(parser, LEGACY, "7_update_codes.py")
 
 
-def _options(args: argparse.Namespace | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    base = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    return {**base, **overrides}
+def notes(args: argparse.Namespace) -> list[str]:
+    return legacy_notes(args, LEGACY)
 
 
-def _as_uri(value: str) -> str:
-    """URIs as given; a plain local path becomes an absolute ``file://`` URI."""
-    if "://" in value:
-        return value
-    return "file://" + str(Path(value).expanduser().absolute())
-
-
-def _split(value: Any, flag: str) -> list[str] | None:
+def _split(value: str | None, flag: str) -> list[str] | None:
     if value is None:
         return None
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    out = [str(v).strip() for v in items if str(v).strip()]
+    out = [v.strip() for v in value.split(",") if v.strip()]
     if not out:
         raise UsageError(f"{flag} needs at least one value, got {value!r}")
     return out
 
 
-def _years(value: Any) -> list[int] | None:
+def _years(value: str | None) -> list[int] | None:
     items = _split(value, "--years")
     if items is None:
         return None
@@ -102,68 +116,29 @@ def default_target_map(lake: str) -> str:
     return paths.join(paths.default_state_root(lake), TARGET_MAP_KEY)
 
 
-def resume_requested(args: argparse.Namespace | Mapping[str, Any] | None = None, /, **overrides: Any) -> bool:
-    """False only for ``--no-resume`` (``--resume`` is the default behaviour)."""
-    return not bool(_options(args, overrides).get("no_resume"))
-
-
-def legacy_notes(args: argparse.Namespace | Mapping[str, Any] | None = None, /, **overrides: Any) -> list[str]:
-    """One line per legacy flag given (``--no-merge``, ``--chunked``, ``--threads``), for stderr."""
-    opts = _options(args, overrides)
-    return [note for key, note in LEGACY_NOTES.items() if opts.get(key) not in (None, False)]
-
-
-def build_update_codes_spec(
-    args: argparse.Namespace | Mapping[str, Any] | None = None, /, **overrides: Any
-) -> dict[str, Any]:
-    """A ``PipelineRun`` document running ``update-codes`` once, from the shortcut's options.
-
-    ``args`` is the parsed namespace of :func:`add_update_codes_arguments` or a mapping with the
-    same keys (``lake``, ``target_map``, ``procedure_map``, ``drug_map``, ``datasets``, ``years``,
-    ``age_bands``, ``workers_medical``, ``chunk_rows``, ``dry_run``, ``endpoint_url``, ``name``);
-    keyword ``overrides`` win. Lists may be comma strings or sequences. Raises
-    :class:`UsageError` (exit 64) for malformed ``--years`` and empty lists; everything else is
-    checked when the document is validated.
-    """
-    o = _options(args, overrides)
-    lake = _as_uri(o.get("lake") or paths.default_lake()).rstrip("/")
-    datasets = _split(o.get("datasets"), "--datasets") or ["medical"]
+def build_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``PipelineRun`` document of ``pgx update-codes`` with these arguments (``UsageError``: 64)."""
+    lake = default_lake(args)
+    datasets = _split(args.datasets, "--datasets") or ["medical"]
     params: dict[str, Any] = {"datasets": datasets}
-    if "medical" in datasets:
-        params["targetMap"] = _as_uri(o.get("target_map") or default_target_map(lake))
-    elif o.get("target_map"):
-        params["targetMap"] = _as_uri(o["target_map"])
+    if "medical" in datasets or args.target_map:
+        params["targetMap"] = as_uri(args.target_map or default_target_map(lake))
     for key, name in (("procedure_map", "procedureMap"), ("drug_map", "drugMap")):
-        if o.get(key):
-            params[name] = _as_uri(o[key])
-    years = _years(o.get("years"))
+        if getattr(args, key):
+            params[name] = as_uri(getattr(args, key))
+    years = _years(args.years)
     if years is not None:
         params["years"] = years
-    bands = _split(o.get("age_bands"), "--age-bands")
+    bands = _split(args.age_bands, "--age-bands")
     if bands is not None:
         params["ageBands"] = bands
-    if o.get("chunk_rows") is not None:
-        params["chunkRows"] = o["chunk_rows"]
-    if o.get("dry_run"):
+    if args.chunk_rows:  # the older script's 0 meant "not chunked": pgx sizes batches by memory then
+        params["chunkRows"] = args.chunk_rows
+    if args.dry_run:
         params["dryRun"] = True
-    spec: dict[str, Any] = {"lake": lake, "stages": [{"use": STAGE, "with": params}]}
-    if o.get("workers_medical") is not None:
-        spec["executor"] = {"maxParallel": o["workers_medical"]}
-    if o.get("endpoint_url"):
-        spec["s3"] = {"endpointUrl": o["endpoint_url"]}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": o.get("name") or STAGE},
-        "spec": spec,
-    }
+    per_dataset = [w for w in (args.workers_medical, args.workers_pharmacy) if w is not None]
+    workers = args.workers if args.workers is not None else max(per_dataset, default=None)
+    return pipeline_run(COMMAND, lake, {"use": COMMAND, "with": params}, args, max_parallel=workers)
 
 
-__all__ = [
-    "DEFAULT_TARGET_MAP",
-    "add_update_codes_arguments",
-    "build_update_codes_spec",
-    "default_target_map",
-    "legacy_notes",
-    "resume_requested",
-]
+__all__ = ["COMMAND", "HELP", "LEGACY", "add_arguments", "build_spec", "default_target_map", "notes"]

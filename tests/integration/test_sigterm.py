@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pgx_apcd import layout
 from pgx_apcd.sample import generate
 
 from pgx_core import clock
-from tests.conftest import local_spec, pgx_run_paused, run_spec
+from tests.conftest import local_spec, pgx_popen, pgx_run_paused, run_spec, wait_for_file
 from tests.plugins.test_impute_stage import zone_digest
 
 pytestmark = pytest.mark.integration
@@ -67,6 +68,20 @@ def _completed_after(lake: Path, run_id: str, since: str) -> int:
     return n
 
 
+def _terminate_held(proc: subprocess.Popen[str], fp_dir: Path, point: str) -> str:
+    """SIGTERM to a pgx process held at fail point ``point``, then let it go on: it must end with
+    75. Returns its standard output."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # the driver sees the signal while the run is held at the point
+        (fp_dir / f"{point}.release").touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, err[-3000:]
+    return out
+
+
 @pytest.mark.parametrize("phase", list(PHASES))
 @pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)])
 def test_sigterm_at_any_phase_ends_cleanly(
@@ -79,15 +94,8 @@ def test_sigterm_at_any_phase_ends_cleanly(
     fp_dir = tmp_path / "fp"
     point = PHASES[phase]
     proc = pgx_run_paused(spec, point, fp_dir)
-    try:
-        signalled_at = clock.iso()
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(1.0)  # the driver sees the signal while the run is held at the point
-        (fp_dir / f"{point}.release").touch()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 75, err[-3000:]
+    signalled_at = clock.iso()
+    out = _terminate_held(proc, fp_dir, point)
     run_id = json.loads(out)["run_id"]
     doc = json.loads((lake / "pgx_pipeline" / "global_imputation" / f"run_id={run_id}" / "summary.json").read_text())
     assert doc["status_code"] == 75 and doc["status"] in {"partial", "error"}
@@ -96,5 +104,25 @@ def test_sigterm_at_any_phase_ends_cleanly(
     # worker: the local executor has one, the Ray one two, and only from the assembly phase on).
     under_way = {"local": int(phase == "promotion"), "ray": 2 * (phase in {"assembly", "promotion"})}
     assert _completed_after(lake, run_id, signalled_at) <= under_way[executor]
+    assert run_spec(local_spec(tmp_path, lake, IMPUTE, "again"))[0] == 0
+    assert zone_digest(lake, "silver") == reference
+
+
+def test_sigterm_ends_a_seed_compatible_shortcut_as_cleanly_as_pgx_run(
+    bronze: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """``pgx impute`` installed no handler: SIGTERM killed it at once, with no summary."""
+    src, reference = bronze
+    lake = tmp_path / "lake"
+    shutil.copytree(src, lake)
+    fp_dir = tmp_path / "fp"
+    fp_dir.mkdir()
+    argv = ("impute", "--output-root", f"{lake}/silver/imputed", "--executor", "local", "--json")
+    proc = pgx_popen(*argv, env={"PGX_FAILPOINTS": "after_plan=pause", "PGX_FAILPOINT_DIR": str(fp_dir)})
+    wait_for_file(fp_dir / "after_plan.reached", proc)
+    out = _terminate_held(proc, fp_dir, "after_plan")
+    run_id = json.loads(out)["run_id"]
+    doc = json.loads((lake / "pgx_pipeline" / "global_imputation" / f"run_id={run_id}" / "summary.json").read_text())
+    assert doc["status_code"] == 75
     assert run_spec(local_spec(tmp_path, lake, IMPUTE, "again"))[0] == 0
     assert zone_digest(lake, "silver") == reference

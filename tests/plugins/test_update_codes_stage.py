@@ -20,12 +20,6 @@ from pgx_apcd.layout import ICD_DIAGNOSIS_COLUMNS, PROCEDURE_COLUMNS
 from pgx_clean.rules import gold_schema, load_drug_map
 from pgx_update_codes import stage as updcd_stage
 from pgx_update_codes.rules import load_code_map, update_codes_table
-from pgx_update_codes.shortcut import (
-    add_update_codes_arguments,
-    build_update_codes_spec,
-    legacy_notes,
-    resume_requested,
-)
 
 from pgx_core import paths
 from pgx_core.errors import SpecError
@@ -454,35 +448,36 @@ def test_maps_are_validated_with_the_spec_naming_keys(tmp_path: Path) -> None:
 
 
 def test_shortcut_maps_the_legacy_command_line_to_a_valid_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import argparse
+    from pgx_core.cli import build_parser
+    from pgx_core.errors import UsageError
 
-    parser = argparse.ArgumentParser()
-    add_update_codes_arguments(parser)
+    def parse(*argv: str) -> Any:
+        return build_parser().parse_args(["update-codes", *argv])
+
     lake = tmp_path / "lake"
     tm = write_map(lake, "t.json", MAP_V1)
-    ns = parser.parse_args(
-        [
-            "--resume",
-            "--years",
-            "2019,2020",
-            "--age-bands",
-            "65-74,75-84",
-            "--workers-medical",
-            "3",
-            "--chunk-rows",
-            "5000",
-            "--dry-run",
-            "--lake",
-            str(lake),
-            "--target-map",
-            tm,
-            "--no-merge",
-            "--chunked",
-            "--threads",
-            "8",
-        ]
+    ns = parse(
+        "--resume",
+        "--years",
+        "2019,2020",
+        "--age-bands",
+        "65-74,75-84",
+        "--workers-medical",
+        "3",
+        "--chunk-rows",
+        "5000",
+        "--dry-run",
+        "--lake",
+        str(lake),
+        "--target-map",
+        tm,
+        "--no-merge",
+        "--chunked",
+        "--threads",
+        "8",
     )
-    doc = build_update_codes_spec(ns)
+    shortcut = ns.shortcut
+    doc = shortcut.build_spec(ns)
     assert doc["spec"]["lake"] == lake.as_uri()
     assert doc["spec"]["executor"] == {"maxParallel": 3}
     assert doc["spec"]["stages"] == [
@@ -500,27 +495,32 @@ def test_shortcut_maps_the_legacy_command_line_to_a_valid_spec(tmp_path: Path, m
     ]
     rs = validate_document(doc, "<update-codes>", plugins().registry)
     assert rs.stages[0].params.model_dump()["chunk_rows"] == 5000
-    assert resume_requested(ns) is True
-    assert resume_requested(no_resume=True) is False
-    notes = legacy_notes(ns)
+    assert ns.no_resume is False and parse("--no-resume").no_resume is True
+    notes = shortcut.notes(ns)
     assert len(notes) == 3 and all(n.startswith("note: --") and "\n" not in n for n in notes)
-    assert legacy_notes(parser.parse_args([])) == []
+    assert shortcut.notes(parse()) == []
+    # --workers wins over the per-dataset counts; else the largest of them. --chunk-rows 0: sized by memory.
+    assert shortcut.build_spec(parse("--workers", "2", "--workers-pharmacy", "9"))["spec"]["executor"] == {
+        "maxParallel": 2
+    }
+    assert shortcut.build_spec(parse("--workers-medical", "2", "--workers-pharmacy", "9"))["spec"]["executor"] == {
+        "maxParallel": 9
+    }
+    assert "chunkRows" not in shortcut.build_spec(parse("--chunk-rows", "0"))["spec"]["stages"][0]["with"]
     # Without --lake / --target-map: PGX_LAKE, and the map under the lake's default repository.
     monkeypatch.setenv("PGX_LAKE", "s3://some-lake/prefix")
-    doc = build_update_codes_spec({})
+    doc = shortcut.build_spec(parse())
     assert doc["spec"]["lake"] == "s3://some-lake/prefix"
     assert doc["spec"]["stages"][0]["with"] == {
         "datasets": ["medical"],
         "targetMap": "s3://pgx-repository/target_mapping/target_icd_mapping.json",
     }
     monkeypatch.delenv("PGX_LAKE")
-    assert build_update_codes_spec()["spec"]["lake"] == "s3://pgxdatalake"
-    local = build_update_codes_spec(lake=str(lake))["spec"]["stages"][0]["with"]["targetMap"]
+    assert shortcut.build_spec(parse())["spec"]["lake"] == "s3://pgxdatalake"
+    local = shortcut.build_spec(parse("--lake", str(lake)))["spec"]["stages"][0]["with"]["targetMap"]
     assert local == (lake / "_state" / "target_mapping" / "target_icd_mapping.json").as_uri()
-    from pgx_core.errors import UsageError
-
     with pytest.raises(UsageError, match="--years"):
-        build_update_codes_spec(years="2019,twenty")
+        shortcut.build_spec(parse("--years", "2019,twenty"))
 
 
 @pytest.mark.s3
