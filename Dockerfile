@@ -27,6 +27,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pgx_core/ pgx_core/
 COPY plugins/ plugins/
+COPY compat/ compat/
 # pgx itself: built offline with the locked backend, installed without touching the index.
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --no-index --wheel-dir /wheels . \
  && /opt/build/bin/pip --python /opt/pgx/bin/python install --no-deps --no-index /wheels/pgx-*.whl \

@@ -177,15 +177,17 @@ class GlobalTracker:
     def _empty(self) -> dict[str, Any]:
         return {"pipeline_name": self.pipeline, "counts": {}, "entities": {}, "updated_at": None}
 
-    def set_status(self, updates: dict[str, str]) -> dict[str, Any]:
-        """Record ``{entity: status}``; counts are recomputed from the entity map, never drift."""
+    def set_status(self, updates: dict[str, str], *, keep_existing: bool = False) -> dict[str, Any]:
+        """Record ``{entity: status}`` (``keep_existing``: only for entities not recorded yet);
+        counts are recomputed from the entity map, never drift."""
 
         def step(old: bytes | None) -> bytes | None:
             doc = json.loads(old) if old else self._empty()
             entities = doc.setdefault("entities", {})
-            if all(entities.get(k) == v for k, v in updates.items()):
+            todo = {k: v for k, v in updates.items() if not (keep_existing and k in entities)}
+            if all(entities.get(k) == v for k, v in todo.items()):
                 return None
-            entities.update(updates)
+            entities.update(todo)
             counts: dict[str, int] = {}
             for status in entities.values():
                 counts[status] = counts.get(status, 0) + 1

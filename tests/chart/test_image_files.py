@@ -93,6 +93,7 @@ def test_dockerignore_is_an_allow_list() -> None:
         "README.md",
         "pgx_core",
         "plugins",
+        "compat",
         "scripts/image/requirements.lock",
         "scripts/image/build-requirements.lock",
     }
