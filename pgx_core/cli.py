@@ -112,6 +112,8 @@ def _show_plan(args: argparse.Namespace, runner: Any) -> int:
                 "run": [{"entity": d.state_entity, "reason": d.reason} for d in p.to_run],
                 "skip": [{"entity": d.state_entity, "reason": d.reason} for d in p.skipped],
                 "deferred": [{"entity": d.state_entity, "reason": d.reason} for d in p.deferred],
+                # Under --limit, such a stage runs the first entities its preparation finds rows for.
+                "limit_picks_after_prepare": p.limit is not None and p.stage.stage_cls.input_known_after_prepare,
             }
             for p in plans
         ],
@@ -143,21 +145,26 @@ MAX_LISTED_OUTPUTS = 5
 def _stage_lines(tally: Any) -> list[str]:
     """What one stage did, in words: counts, what the limit left, and the first outputs written."""
     t = tally.totals
+    empty = f"{tally.without_input} without input rows wait for a run without --limit"
     if tally.error and not t["entities"]:
         return [f"stage {tally.name}: ended before any entity ran"]
-    if not t["entities"] and not tally.deferred:
+    if not (t["entities"] or tally.deferred or tally.without_input):
         return [f"stage {tally.name}: nothing in scope, no input matched the run's partitions"]
-    if t["skipped"] and not (t["completed"] or t["failed"] or t["locked"] or tally.deferred or tally.error):
-        return [f"stage {tally.name}: nothing to do, all {t['skipped']} entities were already completed"]
+    if not (t["completed"] or t["failed"] or t["locked"] or tally.deferred or tally.error):
+        if not tally.without_input:
+            return [f"stage {tally.name}: nothing to do, all {t['skipped']} entities were already completed"]
+        return [f"stage {tally.name}: nothing to do with --limit, every entity with input rows is done; {empty}"]
     done = [f"{t['completed']} completed", f"{t['skipped']} already done"]
     done += [f"{t[k]} {k}" for k in ("failed", "locked") if t[k]]
     line = f"stage {tally.name}: " + ", ".join(done)
     if tally.limit is not None:
         line += f"; {tally.deferred} more left for a later run (--limit {tally.limit})"
+        if tally.without_input:
+            line += f"; {empty}"
     lines = [line]
     lines += [f"  wrote {uri}" for uri in tally.outputs[:MAX_LISTED_OUTPUTS]]
     if len(tally.outputs) > MAX_LISTED_OUTPUTS:
-        lines.append(f"  … and {len(tally.outputs) - MAX_LISTED_OUTPUTS} more objects (see the summary)")
+        lines.append(f"  … and {len(tally.outputs) - MAX_LISTED_OUTPUTS} more objects (--json lists them all)")
     return lines
 
 
@@ -186,7 +193,14 @@ def _execute(args: argparse.Namespace, make_runner: Callable[..., Any]) -> int:
         "exit_code": int(code),
         "summaries": runner.summaries,
         "stages": [
-            {"stage": t.name, "totals": t.totals, "limit": t.limit, "deferred": t.deferred, "outputs": t.outputs}
+            {
+                "stage": t.name,
+                "totals": t.totals,
+                "limit": t.limit,
+                "deferred": t.deferred,
+                "without_input": t.without_input,
+                "outputs": t.outputs,
+            }
             for t in runner.tallies
         ],
     }
@@ -401,7 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib  # noqa: PLC0415
 
     for module_name in SHORTCUTS:
-        shortcut = importlib.import_module(module_name)
+        try:
+            shortcut = importlib.import_module(module_name)
+        except ImportError:  # its plugin is not installed: every other command still works
+            continue
         sp = add(shortcut.COMMAND, cmd_shortcut, shortcut.HELP)
         shortcut.add_arguments(sp)
         sp.set_defaults(shortcut=shortcut)

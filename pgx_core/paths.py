@@ -109,8 +109,18 @@ def convert_raw_to_imputed_path(
     m = _OLD_SILVER.match(path + "/")
     if m is None:
         raise ValueError(f"not a silver path: {raw_path!r} (expected …/silver/<type>/…)")
+    if m.group("type") != data_type:
+        raise ValueError(f"{raw_path!r} is {m.group('type')} silver, not {data_type}")
     lake = m.group("root")
     return build_zone_path("silver", data_type, age_band, event_year, lake=lake)
+
+
+def older_silver_prefix(given: str, data_type: str) -> str | None:
+    """The prefix an older silver input names (``…/silver/<type>/``, ``…/silver/imputed/<type>_partitioned/``),
+    or None when ``given`` is the canonical prefix (or a glob under it). ``ValueError`` as
+    :func:`convert_raw_to_imputed_path`."""
+    older = split_glob(given)[0]
+    return None if older == convert_raw_to_imputed_path(given, data_type) else older
 
 
 def lake_of_zone_root(uri: str, zone: str, data_type: str | None = None) -> str | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgx_core import clock, failpoints, paths, summary
-from pgx_core.errors import InterruptedRun, NoInput, PgxError, StorageError, TransientError, UsageError, scrub
+from pgx_core.errors import InterruptedRun, PgxError, StorageError, TransientError, UsageError, scrub
 from pgx_core.executor import Executor, make_executor
 from pgx_core.exitcodes import ExitCode, worst
 from pgx_core.log import bind, get_logger, safe_traceback
@@ -70,6 +70,14 @@ class StagePlan:
     @property
     def skipped(self) -> list[Decision]:
         return [d for d in self.decisions if not d.run]
+
+
+@dataclass(frozen=True)
+class _Chosen:
+    """The entities a stage runs now, and those needing work that have input (the limit's pool)."""
+
+    run: list[Decision]
+    with_input: list[Decision]
 
 
 class Runner:
@@ -275,9 +283,11 @@ class Runner:
         tracker.set_status({d.state_entity: "completed" for d in plan.skipped})
         stage = self._stage(rs)
         config_fp = stage.config_fingerprint()
-        chosen = self._prepare(rs, plan, stage, functools.partial(self._fan_out, executor))
+        chosen = self._prepare(plan, stage, functools.partial(self._fan_out, executor))
         if plan.limit is not None:
-            tally.limit, tally.deferred = plan.limit, len(plan.needing_work) - len(chosen)
+            tally.limit = plan.limit
+            tally.without_input = len(plan.needing_work) - len(chosen.with_input)
+            tally.deferred = len(chosen.with_input) - len(chosen.run)
         tasks = [
             EntityTask(
                 self.run,
@@ -291,7 +301,7 @@ class Runner:
                 float(self.spec.spec.lease_ttl_seconds),
                 d.state_etag,
             )
-            for d in chosen
+            for d in chosen.run
         ]
         done = 0
         for outcome in self._execute_tasks(executor, tasks):
@@ -315,28 +325,23 @@ class Runner:
         )
         return tally.exit_code
 
-    def _prepare(
-        self, rs: ResolvedStage, plan: StagePlan, stage: Stage[Any], fan_out: Callable[..., Iterator[Any]]
-    ) -> list[Decision]:
+    def _prepare(self, plan: StagePlan, stage: Stage[Any], fan_out: Callable[..., Iterator[Any]]) -> _Chosen:
         """Prepare the stage for the entities that run now, and return them.
 
         Under ``--limit N`` the first N entities needing work run, in plan order, except for a stage
         that learns only in its preparation which entities have rows (impute's shuffle): it is
-        prepared for every entity needing work, and the first N that have input run.
+        prepared for every entity needing work, and the first N that have input run; those without
+        input are left to a run without a limit (they would write nothing).
         """
         if not plan.needing_work or self.stop.is_set():
-            return plan.to_run  # after SIGTERM: unprepared, and the executor starts none of them (75)
+            # After SIGTERM: unprepared, and the executor starts none of them (the stage ends in 75).
+            return _Chosen(plan.to_run, plan.needing_work)
         if plan.limit is None or not stage.input_known_after_prepare:
-            chosen = plan.to_run
-            stage.prepare([d.entity for d in chosen], fan_out)
-            return chosen
+            stage.prepare([d.entity for d in plan.to_run], fan_out)
+            return _Chosen(plan.to_run, plan.needing_work)
         stage.prepare([d.entity for d in plan.needing_work], fan_out)
-        chosen = [d for d in plan.needing_work if stage.has_input(d.entity)][: plan.limit]
-        if not chosen:
-            raise NoInput(
-                f"Stage {rs.name}: none of the {len(plan.needing_work)} entities that need work has input rows"
-            )
-        return chosen
+        with_input = [d for d in plan.needing_work if stage.has_input(d.entity)]
+        return _Chosen(with_input[: plan.limit], with_input)
 
     def _execute_tasks(self, executor: Executor, tasks: list[EntityTask]) -> Iterator[EntityOutcome]:
         """Run tasks; transient outcomes (and lost workers) are retried with backoff, up to a bound."""

@@ -11,6 +11,7 @@ decides by itself (accepted, each with one line saying what pgx does instead), z
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from pgx_core import paths
 from pgx_core.errors import UsageError
 from pgx_core.runspec import API_VERSION, DEFAULT_YEARS, KIND
+from pgx_core.storage import SCHEMES
 
 
 @dataclass(frozen=True)
@@ -86,22 +88,26 @@ def lake_of_output_root(output_root: str, zone: str, data_type: str | None = Non
     lake = paths.lake_of_zone_root(uri, zone, data_type)
     if lake is None:
         expected = paths.build_zone_path(zone, data_type, lake="<lake>").rstrip("/")
-        example = paths.build_zone_path(zone, data_type, lake=uri if "://" in uri else None).rstrip("/")
+        # The lake the value most likely meant: what precedes its first zone folder, if anything.
+        guess = re.split(r"/(?:bronze|silver|gold)(?:/|$)", uri.rstrip("/"), maxsplit=1)[0]
+        scheme, _, rest = guess.partition("://")
+        hint = f" (for this lake: {paths.build_zone_path(zone, data_type, lake=guess).rstrip('/')})"
         raise UsageError(
-            f"--output-root must be the zone root {expected} (as for the older script), "
-            f"e.g. {example}; got {output_root}"
+            f"--output-root must be the zone root {expected}, as for the older script; got {output_root}"
+            + (hint if scheme in SCHEMES and rest.strip("/") else "")
         )
     return lake
 
 
 def years_between(min_year: int | None, max_year: int | None) -> list[int] | None:
-    """``--min-year`` / ``--max-year`` as the run's event years (the default years fill a missing end)."""
+    """``--min-year`` / ``--max-year`` as the run's event years; a missing end is that of the default
+    years (2016–2020), widened to include the given one."""
     if min_year is None and max_year is None:
         return None
-    low = min_year if min_year is not None else DEFAULT_YEARS[0]
-    high = max_year if max_year is not None else DEFAULT_YEARS[-1]
-    if low > high:
-        raise UsageError(f"--min-year {low} is after --max-year {high}")
+    if min_year is not None and max_year is not None and min_year > max_year:
+        raise UsageError(f"--min-year {min_year} is after --max-year {max_year}")
+    low = min_year if min_year is not None else min(DEFAULT_YEARS[0], max_year or DEFAULT_YEARS[0])
+    high = max_year if max_year is not None else max(DEFAULT_YEARS[-1], low)
     return list(range(low, high + 1))
 
 

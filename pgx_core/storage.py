@@ -81,7 +81,9 @@ class StoreConfig:
 
         Endpoint: ``endpoint_url``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (so that
         boto3 and pyarrow's S3 filesystem talk to the same endpoint). Region: ``region``, else
-        ``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else us-east-1.
+        ``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else us-east-1. (A run spec always names a
+        region, us-east-1 by default, so the region variables matter only where no spec is read:
+        ``pgx backup``, ``pgx report RUN_ID``, the helper modules.)
         """
         env = os.environ
         endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None

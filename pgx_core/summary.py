@@ -51,7 +51,8 @@ class StageTally:
     error: str | None = None
     peak_item_rss_mb: int = 0  # largest RSS of a process while it ran one of this stage's items
     limit: int | None = None  # --limit N of the run, when one was given
-    deferred: int = 0  # entities that needed work but were left for a later run by the limit
+    deferred: int = 0  # entities with input that needed work but were left for a later run by the limit
+    without_input: int = 0  # entities needing work that a limited run skipped: their input holds no rows
     outputs: list[str] = field(default_factory=list)  # objects promoted, in completion order
     # When the stage began: a summary's times are those of its script_name's stages, not the run's.
     start_time: str = field(default_factory=clock.iso)
@@ -170,7 +171,11 @@ def build(
                 "totals": t.totals,
                 "stats": nest(t.stats),
                 "peak_item_rss_mb": t.peak_item_rss_mb,
-                **({"limit": t.limit, "deferred": t.deferred} if t.limit is not None else {}),
+                **(
+                    {"limit": t.limit, "deferred": t.deferred, "without_input": t.without_input}
+                    if t.limit is not None
+                    else {}
+                ),
             }
             for t in tallies
         ],

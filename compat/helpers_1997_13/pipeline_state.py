@@ -9,10 +9,11 @@ one). What changed, on purpose:
 
 * an entity id's ``/`` and other characters unsafe in keys become ``_`` (``"55-64/2020"`` →
   ``55-64_2020``);
-* errors and free-form metadata may hold protected data: errors and the string values of step
-  and completion metadata are stored scrubbed (numbers and locations kept, anything that could be
-  a member key, date or raw value dropped), and the tracker keeps statuses only (its ``metadata``
-  arguments are accepted and not stored);
+* errors and free-form metadata may hold protected data: errors, and step and completion
+  metadata, are stored scrubbed — booleans, counts under count-like keys (``rows``,
+  ``final_rows``, ``patients``…) and locations are kept, any other number or text that could be a
+  member key, date or raw value is dropped — and the tracker keeps statuses only (its
+  ``metadata`` arguments are accepted and not stored);
 * a fresh state is ``pending`` (it was ``running``); ``update_entity_status`` records an entity it
   has not seen registered (it used to ignore it).
 """
@@ -20,6 +21,7 @@ one). What changed, on purpose:
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from pgx_core import clock, paths
@@ -35,11 +37,19 @@ def _state_root(state_root: str | None) -> str:
     return state_root or paths.default_state_root(paths.default_lake())
 
 
+# Keys whose numbers are counts or measures (kept); any other number may be a key, date or ZIP.
+_COUNT_KEY = re.compile(r"(rows|count|records|lines|bytes|files|objects|patients|members|seconds|duration|size)$")
+
+
 def _safe(metadata: dict[str, Any] | None) -> dict[str, Any]:
-    """Metadata fit for state: numbers and booleans as they are, everything else scrubbed text."""
-    return {
-        str(k): v if isinstance(v, bool | int | float) else scrub(str(v)) for k, v in (metadata or {}).items()
-    }
+    """Metadata fit for state: booleans, and numbers under a count-like key (``rows``,
+    ``final_rows``, ``patients``…), as they are; everything else (keys too) as scrubbed text."""
+    out: dict[str, Any] = {}
+    for key, value in (metadata or {}).items():
+        name = scrub(str(key))
+        counted = isinstance(value, int | float) and _COUNT_KEY.search(name.lower()) is not None
+        out[name] = value if isinstance(value, bool) or counted else scrub(str(value))
+    return out
 
 
 class PipelineState:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, field_validator
 
 from pgx_core import paths
@@ -21,12 +23,17 @@ def _check_input(value: str | None, data_type: str) -> str | None:
     if value is None:
         return None
     _check_uri(value, "input")
+    if re.search(r"/(age_band|event_year)=", value):
+        raise ValueError(
+            f"input names partitions ({value!r}): give the dataset's silver prefix and choose partitions with "
+            "spec.partitions (ageBands, years)"
+        )
     try:
         paths.convert_raw_to_imputed_path(value, data_type)
-    except ValueError:
+    except ValueError as exc:
         raise ValueError(
-            f"input must be a silver prefix or glob (…/silver/imputed/{data_type}/, …/silver/{data_type}/…, "
-            f"…/silver/imputed/{data_type}_partitioned/**/*.parquet), got {value!r}"
+            f"input must be a {data_type} silver prefix or glob (…/silver/imputed/{data_type}/, "
+            f"…/silver/{data_type}/…, …/silver/imputed/{data_type}_partitioned/**/*.parquet): {exc}"
         ) from None
     return value
 

@@ -79,13 +79,13 @@ def _input(args: argparse.Namespace, job: str) -> str | None:
 def notes(args: argparse.Namespace) -> list[str]:
     out = legacy_notes(args, LEGACY)
     given = _input(args, args.job) if args.job in JOBS else None
-    if given is not None:
-        try:
-            canonical = paths.convert_raw_to_imputed_path(given, args.job)
-        except ValueError:
-            return out  # the spec's validation names the problem
-        if paths.split_glob(given)[0] != canonical:
-            out.append(f"note: {given} is an older silver layout: pgx reads the canonical {canonical}")
+    try:
+        older = paths.older_silver_prefix(given, args.job) if given else None
+    except ValueError:
+        return out  # the spec's validation names the problem
+    if given and older:
+        canonical = paths.convert_raw_to_imputed_path(given, args.job)
+        out.append(f"note: {given} is an older silver layout: pgx reads the canonical {canonical}")
     return out
 
 
@@ -102,7 +102,10 @@ def _pairs(args: argparse.Namespace) -> tuple[list[str], list[int]] | None:
     """``--pairs``/``--pairs-file`` as age bands × years; pgx runs a grid, so the pairs must form one."""
     texts = [t for t in (args.pairs or "").split(";") if t.strip()]
     if args.pairs_file:
-        lines = Path(args.pairs_file).read_text().splitlines()
+        try:
+            lines = Path(args.pairs_file).read_text().splitlines()
+        except OSError as exc:
+            raise UsageError(f"--pairs-file {args.pairs_file}: cannot read it ({exc.strerror})") from None
         texts += [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not texts:
         return None

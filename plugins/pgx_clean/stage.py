@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -68,6 +69,7 @@ from pgx_core.state import produced_checksum
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
 
 log = get_logger(__name__)
+OLDER_OBJECTS_COUNTED = 1000  # objects at an older silver location counted for its warning (1001: more)
 
 # Gold row-group size: the core's fixed size (the bytes of a gold object depend on its rows only).
 # 64 Ki rows keeps the footer of an 18 M-row partition small (~275 row groups).
@@ -389,13 +391,13 @@ class _CleanStage(Stage[CP], Generic[CP]):
 
     def _warn_older_layout(self, canonical: str) -> None:
         """An ``input`` in an older silver layout is read at the canonical prefix: say so, and say
-        when objects lie at the older location, which pgx does not read."""
+        when objects lie at the older location, which pgx does not read (counted up to a cap)."""
         given = self._input()
-        older = paths.split_glob(given)[0] if given else canonical
-        if older == canonical:
+        older = paths.older_silver_prefix(given, self.dataset) if given else None
+        if older is None:
             return
-        store = self.store_for(older)
-        left = sum(1 for info in store.list(older) if not info.uri.startswith(canonical))
+        listed = itertools.islice(self.store_for(older).list(older), OLDER_OBJECTS_COUNTED + 1)
+        left = sum(1 for info in listed if not info.uri.startswith(canonical))
         log.warning(
             "older silver layout: reading the canonical prefix",
             extra={"event": "input_mapped", "input": given, "canonical": canonical, "objects_not_read": left},

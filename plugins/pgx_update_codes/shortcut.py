@@ -3,7 +3,8 @@
 The script named neither the lake nor the maps, so:
 
 * lake: ``--lake`` (a URI or a local path), else ``$PGX_LAKE``, else ``s3://pgxdatalake``;
-* target map: ``--target-map`` (or the script's ``--icd-target-map``), else
+* target map: ``--target-map`` (or the script's ``--icd-target-map``), or with ``--use-suggested``
+  the suggested map ``pgx target-frequency`` wrote to ``<lake>/gold/target_code/``, else
   ``target_mapping/target_icd_mapping.json`` under the lake's default state root —
   ``s3://pgx-repository/…`` for an S3 lake, ``<lake>/_state/…`` for a local one; only set when
   ``medical`` is among the datasets;
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from pgx_target_frequency.stage import SUGGESTIONS
 
 from pgx_core import paths
 from pgx_core.errors import UsageError
@@ -45,11 +48,6 @@ LEGACY = (
     LegacyFlag("--threads", "use --workers-medical (executor.maxParallel) to cap parallelism"),
     LegacyFlag("--icd-map", "ICD codes are normalized with the target map (--target-map) and the fixed rules"),
     LegacyFlag(
-        "--use-suggested",
-        "pass the suggested map as --target-map (pgx target-frequency writes it to gold/target_code/)",
-        takes_value=False,
-    ),
-    LegacyFlag(
         "--fail-on-missing-mapping",
         "unmapped codes stay unchanged and are counted as unrecognized in the run summary",
         takes_value=False,
@@ -71,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--icd-target-map",
         dest="target_map",
         help=f"ICD target map URI (default: <repository>/{TARGET_MAP_KEY})",
+    )
+    parser.add_argument(
+        "--use-suggested",
+        action="store_true",
+        help="use the suggested ICD map pgx target-frequency wrote (<lake>/gold/target_code/) as the target map",
     )
     parser.add_argument("--procedure-map", "--cpt-map", dest="procedure_map", help="procedure-code map URI (optional)")
     parser.add_argument("--drug-map", help="drug map URI (pharmacy; optional)")
@@ -121,7 +124,11 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     lake = default_lake(args)
     datasets = _split(args.datasets, "--datasets") or ["medical"]
     params: dict[str, Any] = {"datasets": datasets}
-    if "medical" in datasets or args.target_map:
+    if args.use_suggested and args.target_map:
+        raise UsageError("--use-suggested and --target-map both name the target map: give one")
+    if args.use_suggested:
+        params["targetMap"] = paths.join(paths.target_code_prefix(lake), SUGGESTIONS)
+    elif "medical" in datasets or args.target_map:
         params["targetMap"] = as_uri(args.target_map or default_target_map(lake))
     for key, name in (("procedure_map", "procedureMap"), ("drug_map", "drugMap")):
         if getattr(args, key):

@@ -199,7 +199,7 @@ def test_every_flag_of_the_older_scripts_is_accepted() -> None:
         "--pharmacy-module a --medical-module b --pharmacy-script c --medical-script d --demographics-lookup l "
         "--python-bin p --log-level INFO",
         "target-frequency": "--codes-of-interest A,B --workers 4 --min-year 2016 --max-year 2020 --log-cpu --log-s3",
-        "update-codes": "--icd-map i --cpt-map c --use-suggested --icd-target-map t --drug-map d --years 2019 "
+        "update-codes": "--icd-map i --cpt-map c --icd-target-map t --drug-map d --years 2019 "
         "--age-bands 65-74 --no-apply --threads 1 --fail-on-missing-mapping --workers 4 --workers-medical 4 "
         "--workers-pharmacy 8 --log-cpu --log-s3 --resume --chunked --show-progress --progress-deep --no-merge "
         "--checkpoint-suffix .ok --chunk-rows 0 --staging-suffix .s/ --duckdb-mem-limit 8GB --target-file-size-mb 512",
@@ -207,6 +207,9 @@ def test_every_flag_of_the_older_scripts_is_accepted() -> None:
     for command, flags in older.items():
         args = parser.parse_args([command, *flags.split()])
         assert args.command == command
+        args.shortcut.notes(args)
+        if command != "clean":  # its invented --pairs-file does not exist (test_clean_shortcut covers it)
+            assert args.shortcut.build_spec(args)["spec"]["stages"][0]["use"].startswith(command)
 
 
 def test_a_bad_run_id_is_a_usage_error(tmp_path: Path) -> None:

@@ -73,10 +73,20 @@ def test_pipeline_state_writes_pgx_state_with_compare_and_swap(tmp_path: Path) -
     doc = StateStore(open_store(root), root, "pharmacy_clean").read("55-64_2020")
     assert doc is not None and doc.status == "failed" and CANARY not in doc.model_dump_json()
     assert st.get_progress()["failed_steps"] == 1
-    st.mark_step_completed("load", {"rows": 3, "first_member": CANARY, "output": "s3://b/gold/x.parquet"})
-    st.mark_pipeline_completed({"final_rows": 12})
-    assert st.state.status == "completed" and st.state.metrics == {"final_rows": 12}
-    assert st.state.completed_steps[-1].metadata == {"rows": 3, "first_member": "<n>", "output": "s3://b/gold/x.parquet"}
+    meta = {"rows": 3, "first_member": CANARY, "member_id": int(CANARY), "dob": 19600101, "output": "s3://b/x.parquet"}
+    st.mark_step_completed("load", meta)
+    st.mark_pipeline_completed({"final_rows": 12, "claim": 990012345678, f"k{CANARY}": True})
+    assert st.state.status == "completed"
+    assert st.state.metrics == {"final_rows": 12, "claim": "<n>", "k<n>": True}
+    assert st.state.completed_steps[-1].metadata == {
+        "rows": 3,
+        "first_member": "<n>",
+        "member_id": "<n>",
+        "dob": "<n>",
+        "output": "s3://b/x.parquet",
+    }
+    stored = (tmp_path / "repo" / "pgx-pipeline-status" / "pharmacy_clean" / "55-64_2020" / "state.json").read_text()
+    assert CANARY not in stored and "19600101" not in stored and "990012345678" not in stored
     st.reset()
     assert st.get_progress() == {
         "pipeline_name": "pharmacy_clean",

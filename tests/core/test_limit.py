@@ -49,3 +49,26 @@ def test_plan_shows_what_a_limited_run_leaves_for_later(tmp_path: Path, teststag
     assert [len(stage[k]) for k in ("run", "skip", "deferred")] == [2, 0, 1]
     human = pgx("plan", spec, "--limit", "2", check=True).stdout
     assert "2 to run, 0 skipped, 1 left for a later run (--limit 2)" in human
+
+
+def test_the_closing_report_names_what_a_limit_left_and_why() -> None:
+    from pgx_core.cli import _stage_lines
+    from pgx_core.summary import StageTally
+
+    t = StageTally("impute", "impute", limit=1, deferred=3, without_input=14)
+    t.totals.update(entities=2, completed=1, skipped=1)
+    t.outputs = [f"file:///l/silver/x{i}.parquet" for i in range(7)]
+    assert _stage_lines(t) == [
+        "stage impute: 1 completed, 1 already done; 3 more left for a later run (--limit 1); "
+        "14 without input rows wait for a run without --limit",
+        *[f"  wrote file:///l/silver/x{i}.parquet" for i in range(5)],
+        "  … and 2 more objects (--json lists them all)",
+    ]
+    done = StageTally("impute", "impute", limit=1, without_input=14)
+    done.totals.update(entities=93, skipped=93)
+    assert _stage_lines(done) == [
+        "stage impute: nothing to do with --limit, every entity with input rows is done; "
+        "14 without input rows wait for a run without --limit"
+    ]
+    empty = StageTally("update-codes", "update-codes")
+    assert _stage_lines(empty) == ["stage update-codes: nothing in scope, no input matched the run's partitions"]

@@ -87,6 +87,12 @@ def test_shortcut_problems_are_usage_errors(tmp_path: Path) -> None:
     }
     with pytest.raises(UsageError, match="expected band,year"):
         clean_spec("--job", "medical", *root, "--pairs", "65-74")
+    with pytest.raises(UsageError, match=r"--pairs-file /no/such/pairs: cannot read it \(No such file or directory\)"):
+        clean_spec("--job", "medical", *root, "--pairs-file", "/no/such/pairs")
+    assert clean_spec("--job", "medical", *root, "--min-year", "2021")["spec"]["partitions"] == {"years": [2021]}
+    assert clean_spec("--job", "medical", *root, "--max-year", "2014")["spec"]["partitions"] == {
+        "years": [2014]
+    }
     with pytest.raises(UsageError, match="--min-year 2020 is after --max-year 2019"):
         clean_spec("--job", "medical", *root, "--min-year", "2020", "--max-year", "2019")
     doc = clean_spec(
@@ -100,7 +106,16 @@ def test_shortcut_problems_are_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as err:
         validate_document(doc, "pgx clean", registry)
     assert [p.path for p in err.value.problems] == ["spec.stages[0].with.input"]
-    assert "must be a silver prefix or glob" in str(err.value)
+    assert "must be a pharmacy silver prefix or glob" in str(err.value)
+    # Another dataset's silver, or one partition of it, was read as the whole of this dataset's.
+    for given, says in (
+        ("s3://b/silver/imputed/medical/", "is medical silver, not pharmacy"),
+        ("s3://b/silver/imputed/pharmacy/age_band=65-74/event_year=2019/*.parquet", "input names partitions"),
+    ):
+        doc = clean_spec("--job", "pharmacy", "--pharmacy-input", given, "--output-root", "s3://b/gold/pharmacy")
+        with pytest.raises(SpecError) as err:
+            validate_document(doc, "pgx clean", registry)
+        assert [p.path for p in err.value.problems] == ["spec.stages[0].with.input"] and says in str(err.value)
 
 
 def test_objects_left_in_an_older_silver_layout_are_named_never_read_silently(tmp_path: Path) -> None:

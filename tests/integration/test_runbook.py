@@ -252,8 +252,9 @@ def test_every_runbook_example_runs_as_written_and_writes_only_canonical_paths(r
     ("command", "expected"),
     [
         ("impute --output-root s3://pgxdatalake", "s3://pgxdatalake/silver/imputed"),
-        ("impute --output-root s3://pgxdatalake/silver", "<lake>/silver/imputed"),
-        ("clean --job pharmacy --output-root s3://pgxdatalake/gold/medical", "<lake>/gold/pharmacy"),
+        ("impute --output-root s3://pgxdatalake/silver", "(for this lake: s3://pgxdatalake/silver/imputed)"),
+        ("impute --output-root /silver/imputed", "got /silver/imputed"),
+        ("clean --job pharmacy --output-root s3://pgxdatalake/gold/medical", "s3://pgxdatalake/gold/pharmacy)"),
         ("clean --job medical --output-root s3://pgxdatalake", "s3://pgxdatalake/gold/medical"),
     ],
 )

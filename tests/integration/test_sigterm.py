@@ -126,3 +126,23 @@ def test_sigterm_ends_a_seed_compatible_shortcut_as_cleanly_as_pgx_run(
     assert doc["status_code"] == 75
     assert run_spec(local_spec(tmp_path, lake, IMPUTE, "again"))[0] == 0
     assert zone_digest(lake, "silver") == reference
+
+
+def test_sigterm_while_a_limited_impute_shuffles_promotes_nothing(
+    bronze: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """A limited impute prepares for every entity before it picks N: a stop in that preparation
+    must end it (75) before anything is picked or promoted."""
+    src, _reference = bronze
+    lake = tmp_path / "lake"
+    shutil.copytree(src, lake)
+    before = zone_digest(lake, "silver")
+    fp_dir = tmp_path / "fp"
+    fp_dir.mkdir()
+    argv = ("impute", "--output-root", f"{lake}/silver/imputed", "--limit", "1", "--executor", "local", "--json")
+    proc = pgx_popen(*argv, env={"PGX_FAILPOINTS": "impute_shuffle=pause", "PGX_FAILPOINT_DIR": str(fp_dir)})
+    wait_for_file(fp_dir / "impute_shuffle.reached", proc)
+    run_id = json.loads(_terminate_held(proc, fp_dir, "impute_shuffle"))["run_id"]
+    assert zone_digest(lake, "silver") == before
+    doc = json.loads((lake / "pgx_pipeline" / "global_imputation" / f"run_id={run_id}" / "summary.json").read_text())
+    assert doc["status_code"] == 75 and doc["totals"]["completed"] == 0

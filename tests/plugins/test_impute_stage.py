@@ -205,7 +205,36 @@ def test_a_limited_run_writes_the_first_entities_that_have_rows(bronze_lake: Pat
         "silver/imputed/pharmacy/age_band=13-24/event_year=2016/pharmacy_data.parquet",
     ]
     [stage] = summary(lake, runner.run_id)["stages"]
-    assert stage["totals"]["completed"] == 2 and stage["limit"] == 2 and stage["deferred"] > 0
+    assert stage["totals"]["completed"] == 2 and stage["limit"] == 2
+    # 44 entities: 2 types x 2 years x 10 bands, 2 demographics, 2 quarantine. The 21 of 2001 and
+    # the quarantine objects of a lake without quarantined rows have no input.
+    with_rows = {p.parent.parent.name + p.parent.name + p.name for p in (lake / "silver").rglob("*.parquet")}
+    assert len(with_rows) == 2
+    assert stage["deferred"] + 2 + stage["without_input"] == 44 and stage["without_input"] >= 21
+
+
+def test_limited_runs_end_with_everything_with_rows_done_and_exit_0(bronze_lake: Path, tmp_path: Path) -> None:
+    """Once every entity with rows was done, a limited impute raised "no input" (exit 2) for the
+    partitions the shuffle left empty."""
+    lake = clone(bronze_lake, tmp_path / "loop")
+    path = write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 2}}], "loop")
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["partitions"] = {"years": [2001, 2019]}
+    path.write_text(yaml.safe_dump(doc))
+    completed = []
+    for _ in range(6):
+        code, runner = run_spec(path, limit=10)
+        assert code == 0
+        completed.append(runner.tallies[0].totals["completed"])
+        if completed[-1] == 0:
+            break
+    assert completed[-1] == 0 and sum(completed) > 10  # several limited runs, then nothing left with rows
+    last = runner.tallies[0]
+    assert last.deferred == 0 and last.without_input >= 21 and last.error is None
+    code, runner = run_spec(path)  # without a limit the empty partitions are recorded as done too
+    assert code == 0 and runner.tallies[0].totals["completed"] == last.without_input
+    code, runner = run_spec(path)
+    assert code == 0 and runner.tallies[0].totals["skipped"] == 44
 
 
 def test_bronze_that_holds_no_rows_is_no_input_and_silver_stays(bronze_lake: Path, tmp_path: Path) -> None:

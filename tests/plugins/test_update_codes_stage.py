@@ -521,6 +521,11 @@ def test_shortcut_maps_the_legacy_command_line_to_a_valid_spec(tmp_path: Path, m
     assert local == (lake / "_state" / "target_mapping" / "target_icd_mapping.json").as_uri()
     with pytest.raises(UsageError, match="--years"):
         shortcut.build_spec(parse("--years", "2019,twenty"))
+    # --use-suggested: the map pgx target-frequency suggests, where it writes it.
+    suggested = shortcut.build_spec(parse("--lake", "s3://b", "--use-suggested"))["spec"]["stages"][0]["with"]
+    assert suggested["targetMap"] == "s3://b/gold/target_code/suggested_icd_mappings.json"
+    with pytest.raises(UsageError, match="give one"):
+        shortcut.build_spec(parse("--use-suggested", "--target-map", tm))
 
 
 @pytest.mark.s3
