@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import pgx
 
 THREE_ERRORS = """\
@@ -244,3 +246,14 @@ def test_controller_without_kubeconfig_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 64
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "no Kubernetes configuration" in proc.stderr
+
+
+def test_a_shortcut_whose_plugin_is_missing_leaves_every_other_command_working(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pgx_core import cli
+
+    monkeypatch.setattr(cli, "SHORTCUTS", ("pgx_no_such_plugin.shortcut", *cli.SHORTCUTS))
+    parser = cli.build_parser()
+    assert parser.parse_args(["plugins"]).command == "plugins"
+    assert parser.parse_args(["impute", "--print-spec"]).command == "impute"

@@ -47,6 +47,7 @@ def test_plan_shows_what_a_limited_run_leaves_for_later(tmp_path: Path, teststag
     doc = json.loads(pgx("plan", spec, "--limit", "2", "--json", check=True).stdout)
     [stage] = doc["stages"]
     assert [len(stage[k]) for k in ("run", "skip", "deferred")] == [2, 0, 1]
+    assert stage["limit_picks_after_prepare"] is False  # copy-table knows its input when it plans
     human = pgx("plan", spec, "--limit", "2", check=True).stdout
     assert "2 to run, 0 skipped, 1 left for a later run (--limit 2)" in human
 
