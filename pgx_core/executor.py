@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -27,6 +28,9 @@ class Executor(abc.ABC):
     """Runs a function over items, yielding ``(index, result)`` as items finish."""
 
     name: str
+    # Work items finished per node that ran them ("local" in-process; a Ray node id prefix): the
+    # evidence that work spread over a cluster. Counts only (no item data).
+    placements: Counter[str]
 
     @abc.abstractmethod
     def map_unordered(
@@ -57,6 +61,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, stop: threading.Event) -> None:
         self.stop = stop
+        self.placements = Counter()
 
     def map_unordered(
         self,
@@ -76,6 +81,7 @@ class LocalExecutor(Executor):
                 if on_error is None:
                     raise
                 result = on_error(item, exc)
+            self.placements[self.name] += 1
             yield i, result
 
 

@@ -21,12 +21,13 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import ray
 
-from pgx_core.errors import ClusterUnavailable, InterruptedRun, TransientError, scrub
+from pgx_core.errors import ClusterUnavailable, InterruptedRun, TransientError, UsageError, scrub
 from pgx_core.executor import Executor, OnError
 from pgx_core.log import get_logger
 from pgx_core.stage import RunInfo
@@ -40,6 +41,7 @@ HEALTH_CHECK_SEC = 2.0
 CLUSTER_LOSS_SEC = 10.0  # well within the minute after which Ray ends a driver that lost its head
 STOP_GRACE_SEC = 20.0
 WARM_UP_TIMEOUT_SEC = 60.0
+CLIENT_CONNECT_ATTEMPTS = 3
 
 
 @ray.remote(num_cpus=0)
@@ -67,8 +69,20 @@ class RayStopFlag:
             return True
 
 
-def _call(fn: Callable[..., Any], item: Any, stop: RayStopFlag | None) -> Any:
-    return fn(item, stop) if stop is not None else fn(item)
+NODE_ID_CHARS = 12  # of a Ray node id (56 hex digits) in placement counts: unique enough, short
+
+
+def _call(fn: Callable[..., Any], item: Any, stop: RayStopFlag | None) -> tuple[str, Any]:
+    """Run one work item; returns the id of the node it ran on with its result."""
+    node = ray.get_runtime_context().get_node_id()[:NODE_ID_CHARS]
+    return node, (fn(item, stop) if stop is not None else fn(item))
+
+
+@ray.remote(num_cpus=0)
+def _versions() -> tuple[str, str]:
+    import platform  # noqa: PLC0415
+
+    return ray.__version__, ".".join(platform.python_version_tuple()[:2])
 
 
 _remote_call = ray.remote(_call)
@@ -96,20 +110,76 @@ def available_cpus() -> int:
 
 
 def ensure_ray(address: str | None) -> bool:
-    """Connect to Ray; returns True when this call started a local Ray (to shut it down later)."""
+    """Connect to Ray; returns True when this call started a local Ray (to shut it down later).
+
+    ``ray://host:10001`` connects through Ray Client (the driver need not be a Ray node: a Job or
+    CronJob pod next to a KubeRay RayCluster); ``auto`` or ``host:6379`` joins as a node would,
+    which needs a Ray node on this machine. Either way the cluster must run this Ray and Python
+    version (:func:`check_versions`).
+    """
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS") or address
     common: dict[str, Any] = {"log_to_driver": False, "configure_logging": False, "include_dashboard": False}
+    if address and address.startswith("ray://"):
+        _connect_client(address)
+        check_versions(address)
+        return False
     if address:
         log.info("joining ray cluster", extra={"event": "ray_join", "address": address})
-        _init_keeping_handlers(address=address, **common)
+        try:
+            _init_keeping_handlers(address=address, **common)
+        except Exception as exc:
+            if "node info" in str(exc).lower():  # no Ray node on this machine to join through
+                raise UsageError(
+                    f"Cannot join the Ray cluster at {address} from here: this machine runs no Ray node. "
+                    "Connect through Ray Client instead: executor.address ray://<head>:10001"
+                ) from exc
+            raise
+        check_versions(address)
         return False
     cpus = available_cpus()
     log.info("starting local ray", extra={"event": "ray_start", "cpus": cpus})
     # address="local": always a fresh local Ray, never a cluster someone `ray start`-ed on this host.
     _init_keeping_handlers(address="local", num_cpus=cpus, **common)
     return True
+
+
+def _connect_client(address: str) -> None:
+    """Connect through Ray Client. The head's client server starts a server process per driver,
+    and that start sometimes fails at once (seen with Ray 2.60 on a fresh head: the forked process
+    dies before it runs); the client then gives up after 30 s with ConnectionAbortedError. The
+    next attempt gets a new server: try a few times before calling the cluster unavailable."""
+    for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+        log.info("connecting to ray cluster (ray client)", extra={"event": "ray_join", "address": address})
+        try:
+            # The client passes ray.init options on to its server-side driver, which takes none of ours.
+            _init_keeping_handlers(address=address)
+            return
+        except ConnectionAbortedError as exc:
+            if attempt == CLIENT_CONNECT_ATTEMPTS:
+                raise
+            log.warning(
+                "ray client connection failed, trying again",
+                extra={"event": "ray_join_retry", "attempt": attempt, "error": type(exc).__name__},
+            )
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
+
+def check_versions(address: str) -> None:
+    """The cluster's Ray and Python versions must be this driver's: work items are pickled here
+    and run there. A mismatch is a usage error (64) naming both."""
+    import platform  # noqa: PLC0415
+
+    mine = (ray.__version__, ".".join(platform.python_version_tuple()[:2]))
+    theirs = ray.get(_versions.remote(), timeout=WARM_UP_TIMEOUT_SEC)
+    if tuple(theirs) != mine:
+        ray.shutdown()
+        raise UsageError(
+            f"The Ray cluster at {address} runs Ray {theirs[0]} on Python {theirs[1]}; this driver runs "
+            f"Ray {mine[0]} on Python {mine[1]}. Use the same pgx image (or the same versions) for both."
+        )
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -144,12 +214,16 @@ def _item_error(exc: Exception) -> BaseException:
     return TransientError(f"Ray work item lost: {type(exc).__name__}")
 
 
-def _gcs_address() -> tuple[str, int] | None:
-    """Host and port of the cluster's GCS (on its head), or None under Ray Client, whose driver
-    talks to the cluster through its client server and may not reach the GCS at all."""
+def _head_address(address: str | None) -> tuple[str, int] | None:
+    """Host and port on the cluster's head this driver depends on: the Ray Client server under
+    Ray Client (``ray://host:port``: the driver may not reach the GCS at all), else the GCS."""
     client: Any = ray.util.client.ray
-    if not ray.is_initialized() or client.is_connected():
+    if not ray.is_initialized():
         return None
+    if client.is_connected():
+        effective = os.environ.get("RAY_ADDRESS") or address or ""
+        host, _, port = effective.removeprefix("ray://").partition("/")[0].rpartition(":")
+        return (host, int(port)) if host and port.isdigit() else None
     try:
         host, _, port = str(ray.get_runtime_context().gcs_address).rpartition(":")
         return (host, int(port)) if host else None
@@ -188,7 +262,7 @@ class ClusterHealth:
             self.lost = True
             host, port = self.gcs
             raise ClusterUnavailable(
-                f"Ray cluster unavailable: its head (GCS at {host}:{port}) has refused connections for "
+                f"Ray cluster unavailable: its head ({host}:{port}) has refused connections for "
                 f"{CLUSTER_LOSS_SEC:.0f} s"
             )
 
@@ -205,16 +279,19 @@ class RayExecutor(Executor):
     ) -> None:
         self.stop = stop
         self.max_parallel = run.max_parallel if run else None
+        self.placements = Counter()
+        if address is None and run is not None:
+            address = run.ray_address
         try:
-            self._started = ensure_ray(address if address is not None else (run.ray_address if run else None))
-        except InterruptedRun:
+            self._started = ensure_ray(address)
+        except (InterruptedRun, UsageError):
             if ray.is_initialized():
                 ray.shutdown()
             raise
         except Exception as exc:
             raise TransientError(f"Ray is unavailable: {type(exc).__name__}: {scrub(str(exc))}") from exc
         self._stop_actor: Any = None
-        self._health = ClusterHealth(_gcs_address())
+        self._health = ClusterHealth(_head_address(address))
         if self._started and warm_modules:
             self._warm_up(warm_modules)
 
@@ -271,19 +348,29 @@ class RayExecutor(Executor):
                     raise InterruptedRun(f"{len(in_flight)} work items cancelled after SIGTERM")
             if not in_flight:
                 continue
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+            try:
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+            except ConnectionError as exc:  # Ray Client lost its server: the head is gone
+                raise self._lost(exc) from exc
             if not ready:
                 self._health.check()  # nothing finished: is there still a cluster to finish it?
             for ref in ready:
                 i = in_flight.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    node, result = ray.get(ref)
+                    self.placements[node] += 1
+                except ConnectionError as exc:
+                    raise self._lost(exc) from exc
                 except Exception as exc:
                     error = _item_error(exc)
                     if on_error is None:
                         raise error from None
                     result = on_error(items[i], error)
                 yield i, result
+
+    def _lost(self, exc: ConnectionError) -> ClusterUnavailable:
+        self._health.lost = True
+        return ClusterUnavailable(f"Ray cluster unavailable: the connection to it broke ({type(exc).__name__})")
 
     def close(self) -> None:
         if self._health.lost:

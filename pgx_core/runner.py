@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -260,6 +261,7 @@ class Runner:
 
     def _run_stage(self, rs: ResolvedStage, executor: Executor) -> ExitCode:
         tally = summary.StageTally(rs.name, rs.use)
+        placed_before = Counter(executor.placements)
         self._current_tally = tally
         self._tallies.setdefault(rs.stage_cls.script_name, []).append(tally)
         plan = self.plan_stage(rs)
@@ -316,6 +318,7 @@ class Runner:
         if unstarted and self.stop.is_set():
             codes.append(ExitCode.TRANSIENT)
         tally.exit_code = worst(codes)
+        tally.placements = executor.placements - placed_before
         self._write_summary(rs)
         self.plugins.call(
             "pgx_after_stage",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class StageTally:
     deferred: int = 0  # entities with input that needed work but were left for a later run by the limit
     without_input: int = 0  # entities needing work that a limited run skipped: their input holds no rows
     outputs: list[str] = field(default_factory=list)  # objects promoted, in completion order
+    placements: Counter[str] = field(default_factory=Counter)  # work items run per node (executor's count)
     # When the stage began: a summary's times are those of its script_name's stages, not the run's.
     start_time: str = field(default_factory=clock.iso)
     started_mono: float = field(default_factory=clock.monotonic)
@@ -171,6 +173,7 @@ def build(
                 "totals": t.totals,
                 "stats": nest(t.stats),
                 "peak_item_rss_mb": t.peak_item_rss_mb,
+                "work_items_by_node": dict(sorted(t.placements.items())),
                 **(
                     {"limit": t.limit, "deferred": t.deferred, "without_input": t.without_input}
                     if t.limit is not None
@@ -180,7 +183,11 @@ def build(
             for t in tallies
         ],
         # Evidence that memory does not grow with the data: the largest RSS any process reached running an item.
-        "resources": {"peak_item_rss_mb": max(t.peak_item_rss_mb for t in tallies)},
+        "resources": {
+            "peak_item_rss_mb": max(t.peak_item_rss_mb for t in tallies),
+            # Where the work ran: items per node ("local" in-process, else a Ray node id prefix).
+            "work_items_by_node": dict(sorted(sum((t.placements for t in tallies), Counter()).items())),
+        },
         "plugin": plugin,
         "spec_fingerprint": spec_fingerprint,
         "backups": sorted(backups),

@@ -7,7 +7,7 @@
 #    python:3.11-slim-bookworm; this one is passed as the PYTHON_IMAGE build argument.
 # 2. `podman build` of the repository's Dockerfile (pip downloads the locked wheels from PyPI).
 # 3. Checks of the image: numeric non-root USER, entrypoint `pgx`, no credential variables.
-# 4. `pgx --version` and `pgx demo` in the container as that user, with a read-only root
+# 4. `pgx --version`, the cluster-mode imports and `pgx demo` in the container as that user, with a read-only root
 #    filesystem, a size-limited tmpfs at /tmp, all capabilities dropped, no privilege
 #    escalation and no network — the pod's settings (charts/pgx).
 #
@@ -140,6 +140,10 @@ PY
 plugins=$("${run[@]}" "$IMAGE" plugins --json | python3 "$work/plugins.py")
 [[ $plugins != FAILED* ]] || die "plugins failed to load in the image: ${plugins#FAILED }"
 say "stages in the image: $plugins"
+# Cluster mode: Ray Client for drivers (ray://) and the job-submission SDK a KubeRay RayJob uses.
+"${run[@]}" --entrypoint python3 "$IMAGE" -c 'import ray.util.client, ray.dashboard.modules.job.sdk' \
+  || die "the image lacks Ray Client or the Ray job-submission SDK"
+say "Ray Client and job submission import in the image"
 timings+=("pgx --version, plugins: $(since "$t") s (with the uid and read-only checks)")
 
 say "running pgx demo (read-only root, tmpfs /tmp, no network, all capabilities dropped)"

@@ -180,3 +180,61 @@ def test_sigterm_on_ray_releases_leases_and_exits_75(ray_session: None, tmp_path
     assert code == 0
     [doc2] = summaries(store, lake, again.run_id)
     assert doc2["totals"]["skipped"] + doc2["totals"]["completed"] == 4
+
+
+def test_a_cluster_on_other_ray_or_python_versions_is_refused_with_both(
+    ray_session: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work items are pickled by the driver and run by the cluster: their versions must agree."""
+    import ray
+
+    from pgx_core import ray_executor
+    from pgx_core.errors import UsageError
+
+    @ray.remote(num_cpus=0)
+    def older() -> tuple[str, str]:
+        return "2.9.3", "3.10"
+
+    monkeypatch.setattr(ray_executor, "_versions", older)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)  # keep the session's Ray for the other tests
+    with pytest.raises(UsageError) as err:
+        ray_executor.check_versions("ray://head:10001")
+    assert str(err.value).startswith("The Ray cluster at ray://head:10001 runs Ray 2.9.3 on Python 3.10;")
+    assert f"this driver runs Ray {ray.__version__}" in str(err.value)
+    monkeypatch.undo()
+    ray_executor.check_versions("ray://head:10001")  # the session's own cluster: same versions, no error
+
+
+def test_joining_by_gcs_address_without_a_local_ray_node_points_to_ray_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgx_core import ray_executor
+    from pgx_core.errors import UsageError
+
+    def no_node(**_options: object) -> None:
+        raise RuntimeError("Failed to get node info: No node info found for the given node IP address")
+
+    monkeypatch.setattr(ray_executor, "_init_keeping_handlers", no_node)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_executor.ray, "is_initialized", lambda: False)
+    with pytest.raises(UsageError, match=r"this machine runs no Ray node\. Connect through Ray Client instead"):
+        ray_executor.ensure_ray("head.ray.svc:6379")
+
+
+def test_a_ray_client_connection_the_head_fails_to_start_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray 2.60's client server sometimes loses the server process it starts for a new driver."""
+    from pgx_core import ray_executor
+
+    calls: list[str] = []
+
+    def flaky(**options: str) -> None:
+        calls.append(options["address"])
+        if len(calls) == 1:
+            raise ConnectionAbortedError("Initialization failure from server")
+
+    monkeypatch.setattr(ray_executor, "_init_keeping_handlers", flaky)
+    monkeypatch.setattr(ray_executor.ray, "shutdown", lambda: None)
+    ray_executor._connect_client("ray://head:10001")
+    assert calls == ["ray://head:10001", "ray://head:10001"]
+    calls.clear()
+    monkeypatch.setattr(ray_executor, "CLIENT_CONNECT_ATTEMPTS", 1)
+    with pytest.raises(ConnectionAbortedError):
+        ray_executor._connect_client("ray://head:10001")
