@@ -336,10 +336,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from pgx_core.render import DEFAULT_IMAGE, render_run, to_yaml  # noqa: PLC0415
+    from pgx_core.render import DEFAULT_IMAGE, render_rayjob, render_run, to_yaml  # noqa: PLC0415
 
     _, spec = _plugins_and_spec(args.spec)
-    objects = render_run(spec, image=args.image or DEFAULT_IMAGE, namespace=args.namespace)
+    render = render_rayjob if args.target == "rayjob" else render_run
+    objects = render(spec, image=args.image or DEFAULT_IMAGE, namespace=args.namespace)
     if args.json:  # a v1 List stays usable with `kubectl apply -f -`
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=1))
     else:
@@ -423,8 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
         shortcut.add_arguments(sp)
         sp.set_defaults(shortcut=shortcut)
 
-    sp = add("render", cmd_render, "print the Kubernetes ConfigMap + Job that run SPEC in a cluster")
+    sp = add("render", cmd_render, "print the Kubernetes objects that run SPEC in a cluster")
     sp.add_argument("spec")
+    sp.add_argument(
+        "--target",
+        choices=["job", "rayjob"],
+        default="job",
+        help="job: ConfigMap + Job (a local Ray in the pod, or executor.address); "
+        "rayjob: ConfigMap + KubeRay RayJob (a Ray cluster made for the run)",
+    )
     sp.add_argument("--image", help="container image (default: pgx:<version>)")
     sp.add_argument("--namespace", help="namespace of the objects (default: the spec's, else none)")
 

@@ -15,6 +15,7 @@ run records equals the one ``pgx validate`` prints for the original file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -107,6 +108,29 @@ def _labels(spec: RunSpec, name: str, component: str) -> dict[str, str]:
     }
 
 
+def _container_security(settings: JobSettings) -> dict[str, Any]:
+    """Restricted Pod Security: non-root, no privilege escalation, no capabilities, read-only root."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_group,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security(settings: JobSettings) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_group,
+        "fsGroup": settings.fs_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def job_spec(
     *,
     config_map: str,
@@ -148,15 +172,7 @@ def job_spec(
         "args": ["run", f"{SPEC_DIR}/{SPEC_KEY}", *extra_args],
         "env": env,
         "resources": {k: dict(v) for k, v in settings.resources.items()},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_group,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _container_security(settings),
         "volumeMounts": mounts,
     }
     return {
@@ -182,13 +198,7 @@ def job_spec(
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": settings.run_as_user,
-                    "runAsGroup": settings.run_as_group,
-                    "fsGroup": settings.fs_group,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": _pod_security(settings),
                 "containers": [container],
                 "volumes": volumes,
             },
@@ -260,6 +270,134 @@ def render_run(
         ),
     }
     return [config_map, job]
+
+
+def _ray_resources(cpu: str, memory: str) -> dict[str, dict[str, str]]:
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
+
+
+@dataclass(frozen=True)
+class RayClusterSettings:
+    """The RayCluster a RayJob creates: a head that schedules (and runs the driver) and a group of
+    identical workers that run the work items. Ray derives each node's CPUs and memory from its
+    container's limits; each work item asks for ``memoryBudgetMb`` of it."""
+
+    worker_replicas: int = 2
+    worker_resources: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: _ray_resources("2", "8Gi"))
+    head_resources: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: _ray_resources("1", "4Gi"))
+    shm_size_limit: str = "3Gi"  # each node's object store (/dev/shm): row data never travels through it
+    ttl_seconds_after_finished: int = 3600  # the RayJob object (and the cluster's logs) stay that long
+
+
+def _ray_pod(
+    role: str,
+    *,
+    image: str,
+    service_account: str,
+    settings: JobSettings,
+    resources: Mapping[str, Any],
+    shm: str | None = None,
+    spec_cm: str | None = None,
+) -> dict[str, Any]:
+    """A Ray pod's template, under the same restricted Pod Security as the Job's pod. KubeRay
+    supplies the Ray nodes' command (``ray start …``); the pgx image has Ray and the stages.
+    ``shm``: size of the memory-backed ``/dev/shm`` (a node's object store); ``spec_cm``: the
+    ConfigMap holding the run spec, mounted where the driver reads it."""
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_DIR}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}}]
+    if shm is not None:
+        mounts.append({"name": "dshm", "mountPath": SHM_DIR})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
+    if spec_cm is not None:
+        mounts.append({"name": "spec", "mountPath": SPEC_DIR, "readOnly": True})
+        volumes.append({"name": "spec", "configMap": {"name": spec_cm, "items": [{"key": SPEC_KEY, "path": SPEC_KEY}]}})
+    container = {
+        "name": f"ray-{role}",
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": [
+            {"name": "HOME", "value": TMP_DIR},
+            {"name": "TMPDIR", "value": TMP_DIR},
+            *(dict(e) for e in settings.extra_env),
+        ],
+        "resources": {k: dict(v) for k, v in resources.items()},
+        "securityContext": _container_security(settings),
+        "volumeMounts": mounts,
+    }
+    return {
+        "spec": {
+            "serviceAccountName": service_account,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": _pod_security(settings),
+            "containers": [container],
+            "volumes": volumes,
+        }
+    }
+
+
+def render_rayjob(
+    spec: RunSpec,
+    *,
+    image: str,
+    namespace: str | None,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
+    extra_args: Sequence[str] = (),
+    settings: JobSettings | None = None,
+    cluster: RayClusterSettings | None = None,
+) -> list[dict[str, Any]]:
+    """A ConfigMap holding ``spec`` and a KubeRay ``RayJob`` running it: ``[configmap, rayjob]``.
+
+    KubeRay creates a RayCluster from the pgx image (head: no CPUs for work, runs the driver;
+    ``cluster.worker_replicas`` workers), submits ``pgx run /etc/pgx/spec.yaml`` as the job's
+    entrypoint on the head, and deletes the cluster when the job ends. The driver joins its own
+    cluster (Ray sets ``RAY_ADDRESS`` for a job), so ``executor.address`` stays unset. Arguments as
+    for :func:`render_run`.
+    """
+    from ray import __version__ as ray_version  # noqa: PLC0415 - the image's Ray is the driver's
+
+    config_map, job = render_run(
+        spec, image=image, namespace=namespace, service_account=service_account, settings=settings
+    )
+    settings, cluster = settings or JobSettings(), cluster or RayClusterSettings()
+    name = config_map["metadata"]["name"]
+    pod = functools.partial(_ray_pod, image=image, service_account=service_account, settings=settings)
+    submitter = pod("submitter", resources=_ray_resources("200m", "256Mi"))
+    submitter["spec"]["restartPolicy"] = "Never"
+    rayjob = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {
+            **job["metadata"],
+            "labels": {**job["metadata"]["labels"], "app.kubernetes.io/component": "rayjob"},
+        },
+        "spec": {
+            "entrypoint": " ".join(["pgx", "run", f"{SPEC_DIR}/{SPEC_KEY}", *extra_args]),
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
+            "activeDeadlineSeconds": settings.active_deadline_seconds,
+            "submitterPodTemplate": submitter,
+            "rayClusterSpec": {
+                "rayVersion": ray_version,
+                "headGroupSpec": {
+                    # The head schedules and runs the driver; work items go to the workers.
+                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},  # noqa: S104 - in-cluster
+                    "template": pod("head", resources=cluster.head_resources, shm=cluster.shm_size_limit, spec_cm=name),
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "workers",
+                        "replicas": cluster.worker_replicas,
+                        "minReplicas": cluster.worker_replicas,
+                        "maxReplicas": cluster.worker_replicas,
+                        "rayStartParams": {},
+                        "template": pod("worker", resources=cluster.worker_resources, shm=cluster.shm_size_limit),
+                    }
+                ],
+            },
+        },
+    }
+    return [config_map, rayjob]
 
 
 class _Dumper(yaml.SafeDumper):

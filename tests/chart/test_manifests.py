@@ -63,6 +63,7 @@ def test_every_manifest_is_valid_kubernetes() -> None:
         "00-namespace.yaml",
         "10-serviceaccount.yaml",
         "20-run.yaml",
+        "30-rayjob.yaml",
         "crd-pipelineruns.yaml",
         "example-pipelinerun.yaml",
     }
@@ -73,6 +74,14 @@ def test_every_manifest_is_valid_kubernetes() -> None:
                 from tests.controller.test_crd import validate_against_crd
 
                 validate_against_crd(obj)
+                continue
+            if obj["kind"] == "RayJob":  # KubeRay's: against its CRD, every pod restricted
+                from tests.chart.test_rayjob import check_restricted, pods, validate_rayjob
+
+                validate_rayjob(obj)
+                for role, template in pods(obj).items():
+                    check_restricted(role, template)
+                assert obj["metadata"]["namespace"] == "pgx"
                 continue
             validate_k8s(obj)
             if obj["kind"] not in {"Namespace", "CustomResourceDefinition"}:  # cluster-scoped kinds
