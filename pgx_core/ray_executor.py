@@ -42,6 +42,7 @@ CLUSTER_LOSS_SEC = 10.0  # well within the minute after which Ray ends a driver 
 STOP_GRACE_SEC = 20.0
 WARM_UP_TIMEOUT_SEC = 60.0
 CLIENT_CONNECT_ATTEMPTS = 3
+HEAD_RESOURCE = "node:__internal_head__"  # a resource only the head node has
 
 
 @ray.remote(num_cpus=0)
@@ -309,7 +310,10 @@ class RayExecutor(Executor):
 
     def _stop_flag(self) -> RayStopFlag:
         if self._stop_actor is None:
-            self._stop_actor = _StopActor.remote()  # type: ignore[attr-defined]
+            # On the head: a worker node lost with the flag's actor would make every work item read
+            # "stop" (an unreachable flag means the driver is gone); the head's loss ends the run anyway.
+            on_head = {HEAD_RESOURCE: 0.001} if HEAD_RESOURCE in ray.cluster_resources() else {}  # type: ignore[no-untyped-call]
+            self._stop_actor = _StopActor.options(resources=on_head).remote()  # type: ignore[attr-defined]
         return RayStopFlag(self._stop_actor)
 
     def map_unordered(
