@@ -112,8 +112,7 @@ def _show_plan(args: argparse.Namespace, runner: Any) -> int:
                 "run": [{"entity": d.state_entity, "reason": d.reason} for d in p.to_run],
                 "skip": [{"entity": d.state_entity, "reason": d.reason} for d in p.skipped],
                 "deferred": [{"entity": d.state_entity, "reason": d.reason} for d in p.deferred],
-                # Under --limit, such a stage runs the first entities its preparation finds rows for.
-                "limit_picks_after_prepare": p.limit is not None and p.stage.stage_cls.input_known_after_prepare,
+                "limit_picks_after_prepare": p.picks_after_prepare,
             }
             for p in plans
         ],
@@ -124,7 +123,7 @@ def _show_plan(args: argparse.Namespace, runner: Any) -> int:
         for p in plans:
             later = f", {len(p.deferred)} left for a later run (--limit {p.limit})" if p.deferred else ""
             print(f"stage {p.stage.name} ({p.stage.use}): {len(p.to_run)} to run, {len(p.skipped)} skipped{later}")
-            if p.limit is not None and p.stage.stage_cls.input_known_after_prepare:
+            if p.picks_after_prepare:
                 print(f"  (--limit {p.limit}: the run picks the first entities that its preparation finds rows for)")
             for d in p.to_run:
                 print(f"  run   {d.state_entity}  ({d.reason})")
@@ -297,7 +296,6 @@ def cmd_shortcut(args: argparse.Namespace) -> int:
     from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
     from pgx_core.runner import Runner  # noqa: PLC0415
     from pgx_core.runspec import validate_document  # noqa: PLC0415
-
     shortcut = args.shortcut
     for note in shortcut.notes(args):
         print(note, file=sys.stderr)

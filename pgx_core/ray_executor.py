@@ -110,6 +110,11 @@ def available_cpus() -> int:
     return cpus
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: ``RAY_ADDRESS`` wins over the spec's ``executor.address``."""
+    return os.environ.get("RAY_ADDRESS") or address
+
+
 def ensure_ray(address: str | None) -> bool:
     """Connect to Ray; returns True when this call started a local Ray (to shut it down later).
 
@@ -120,7 +125,7 @@ def ensure_ray(address: str | None) -> bool:
     """
     if ray.is_initialized():
         return False
-    address = os.environ.get("RAY_ADDRESS") or address
+    address = cluster_address(address)
     common: dict[str, Any] = {"log_to_driver": False, "configure_logging": False, "include_dashboard": False}
     if address and address.startswith("ray://"):
         _connect_client(address)
@@ -217,13 +222,13 @@ def _item_error(exc: Exception) -> BaseException:
 
 def _head_address(address: str | None) -> tuple[str, int] | None:
     """Host and port on the cluster's head this driver depends on: the Ray Client server under
-    Ray Client (``ray://host:port``: the driver may not reach the GCS at all), else the GCS."""
+    Ray Client (``ray://host:port``: the driver may not reach the GCS at all), else the GCS.
+    ``address`` is the one ensure_ray joined (:func:`cluster_address`)."""
     client: Any = ray.util.client.ray
     if not ray.is_initialized():
         return None
     if client.is_connected():
-        effective = os.environ.get("RAY_ADDRESS") or address or ""
-        host, _, port = effective.removeprefix("ray://").partition("/")[0].rpartition(":")
+        host, _, port = (address or "").removeprefix("ray://").partition("/")[0].rpartition(":")
         return (host, int(port)) if host and port.isdigit() else None
     try:
         host, _, port = str(ray.get_runtime_context().gcs_address).rpartition(":")
@@ -281,8 +286,7 @@ class RayExecutor(Executor):
         self.stop = stop
         self.max_parallel = run.max_parallel if run else None
         self.placements = Counter()
-        if address is None and run is not None:
-            address = run.ray_address
+        address = cluster_address(address if address is not None else (run.ray_address if run else None))
         try:
             self._started = ensure_ray(address)
         except (InterruptedRun, UsageError):

@@ -133,7 +133,7 @@ def resolve_run(arg: str, lake: str | None) -> tuple[str, str, StoreConfig]:
     spec_lake = spec.spec.lake.rstrip("/")
     if lake and lake.rstrip("/") != spec_lake:
         raise UsageError(f"pgx report {arg}: --lake {lake} differs from the spec's lake {spec_lake}")
-    config = StoreConfig.resolve(spec.spec.s3.endpoint_url, spec.spec.s3.region)
+    config = StoreConfig.for_spec(spec.spec.s3)
     store = open_store(spec_lake, config)
     scripts = sorted({st.stage_cls.script_name for st in spec.stages})
     # Newest first; only the candidates' summaries are read, so a long history costs one listing.

@@ -69,6 +69,12 @@ class StagePlan:
         return self.needing_work[self.limit :] if self.limit is not None else []
 
     @property
+    def picks_after_prepare(self) -> bool:
+        """A limited run of a stage that learns only in its preparation which entities have rows
+        (impute's shuffle): it runs the first ``limit`` of those, not of :attr:`to_run`."""
+        return self.limit is not None and self.stage.stage_cls.input_known_after_prepare
+
+    @property
     def skipped(self) -> list[Decision]:
         return [d for d in self.decisions if not d.run]
 
@@ -339,7 +345,7 @@ class Runner:
         if not plan.needing_work or self.stop.is_set():
             # After SIGTERM: unprepared, and the executor starts none of them (the stage ends in 75).
             return _Chosen(plan.to_run, plan.needing_work)
-        if plan.limit is None or not stage.input_known_after_prepare:
+        if not plan.picks_after_prepare:
             stage.prepare([d.entity for d in plan.to_run], fan_out)
             return _Chosen(plan.to_run, plan.needing_work)
         stage.prepare([d.entity for d in plan.needing_work], fan_out)

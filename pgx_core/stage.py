@@ -117,7 +117,7 @@ class RunInfo:
             lake=spec.lake,
             state_root=spec.state_root,
             backup_root=spec.backup_root,
-            store_config=StoreConfig.resolve(spec.s3.endpoint_url, spec.s3.region),
+            store_config=StoreConfig.for_spec(spec.s3),
             years=tuple(spec.partitions.years),
             age_bands=spec.partitions.bands(),
             memory_budget_mb=spec.executor.memory_budget_mb,

@@ -60,6 +60,7 @@ from pgx_core.errors import (
 if TYPE_CHECKING:
     import pyarrow.fs
 
+    from pgx_core.runspec import S3Settings
     from pgx_core.storage_s3 import S3Store  # noqa: F401 - lazily re-exported by __getattr__
 
 SCHEMES = ("s3", "file")
@@ -88,6 +89,11 @@ class StoreConfig:
         env = os.environ
         endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         return cls(endpoint, region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or cls.region)
+
+    @classmethod
+    def for_spec(cls, s3: S3Settings) -> StoreConfig:
+        """The config of a run spec's ``spec.s3`` block (:meth:`resolve` fills what it leaves unset)."""
+        return cls.resolve(s3.endpoint_url, s3.region)
 
 
 @dataclass(frozen=True)

@@ -522,7 +522,7 @@ class CleanPharmacyStage(_CleanStage[CleanPharmacyParams]):
         """Load the drug map and report every problem of it under ``drugMap`` (exit 64)."""
         if params.drug_map is None:
             return []
-        store = open_store(params.drug_map, StoreConfig.resolve(spec.s3.endpoint_url, spec.s3.region))
+        store = open_store(params.drug_map, StoreConfig.for_spec(spec.s3))
         try:
             read_drug_map(store, params.drug_map)
         except DrugMapError as exc:

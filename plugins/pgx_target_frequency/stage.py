@@ -198,7 +198,7 @@ class TargetFrequencyStage(Stage[TargetFrequencyParams]):
         if params.target_map is None:
             return []
         try:
-            load_code_map_uri(params.target_map, "icd", StoreConfig.resolve(spec.s3.endpoint_url, spec.s3.region))
+            load_code_map_uri(params.target_map, "icd", StoreConfig.for_spec(spec.s3))
         except (CodeMapError, ValueError) as exc:  # MapLoadError is a ValueError
             return [("targetMap", str(exc))]
         return []

@@ -180,7 +180,7 @@ class UpdateCodesStage(Stage[UpdateCodesParams]):
     # --- validation ---------------------------------------------------------------------------
     @classmethod
     def validate_params(cls, params: UpdateCodesParams, spec: Spec) -> list[tuple[str, str]]:
-        return validate(params, StoreConfig.resolve(spec.s3.endpoint_url, spec.s3.region))
+        return validate(params, StoreConfig.for_spec(spec.s3))
 
     # --- driver -------------------------------------------------------------------------------
     def config_fingerprint(self) -> str:
