@@ -296,8 +296,10 @@ def cmd_shortcut(args: argparse.Namespace) -> int:
     from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
     from pgx_core.runner import Runner  # noqa: PLC0415
     from pgx_core.runspec import validate_document  # noqa: PLC0415
+    from pgx_core.shortcuts import notes  # noqa: PLC0415
+
     shortcut = args.shortcut
-    for note in shortcut.notes(args):
+    for note in notes(shortcut, args):
         print(note, file=sys.stderr)
     doc = shortcut.build_spec(args)
     if args.print_spec:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pgx_core import paths
@@ -66,6 +67,13 @@ def legacy_notes(args: argparse.Namespace, flags: Iterable[LegacyFlag]) -> list[
         for f in flags
         if getattr(args, f.dest, None) not in (None, False)
     ]
+
+
+def notes(shortcut: ModuleType, args: argparse.Namespace) -> list[str]:
+    """The note lines a shortcut prints on standard error: one per flag of its older script that
+    was given (its ``LEGACY``), then those of its optional ``extra_notes(args)``."""
+    extra = getattr(shortcut, "extra_notes", None)
+    return legacy_notes(args, shortcut.LEGACY) + (extra(args) if extra is not None else [])
 
 
 def as_uri(value: str) -> str:
@@ -153,6 +161,7 @@ __all__ = [
     "default_lake",
     "lake_of_output_root",
     "legacy_notes",
+    "notes",
     "pipeline_run",
     "years_between",
 ]

@@ -24,7 +24,6 @@ from pgx_core.shortcuts import (
     add_legacy_arguments,
     as_uri,
     lake_of_output_root,
-    legacy_notes,
     pipeline_run,
     years_between,
 )
@@ -76,17 +75,17 @@ def _input(args: argparse.Namespace, job: str) -> str | None:
     return as_uri(given) if given else None
 
 
-def notes(args: argparse.Namespace) -> list[str]:
-    out = legacy_notes(args, LEGACY)
+def extra_notes(args: argparse.Namespace) -> list[str]:
+    """A note when the input is an older silver layout, naming the canonical prefix pgx reads."""
     given = _input(args, args.job) if args.job in JOBS else None
     try:
         older = paths.older_silver_prefix(given, args.job) if given else None
     except ValueError:
-        return out  # the spec's validation names the problem
-    if given and older:
-        canonical = paths.convert_raw_to_imputed_path(given, args.job)
-        out.append(f"note: {given} is an older silver layout: pgx reads the canonical {canonical}")
-    return out
+        return []  # the spec's validation names the problem
+    if not (given and older):
+        return []
+    canonical = paths.convert_raw_to_imputed_path(given, args.job)
+    return [f"note: {given} is an older silver layout: pgx reads the canonical {canonical}"]
 
 
 def _pair(text: str) -> tuple[str, int]:
@@ -156,4 +155,4 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-__all__ = ["COMMAND", "HELP", "JOBS", "LEGACY", "add_arguments", "build_spec", "notes"]
+__all__ = ["COMMAND", "HELP", "JOBS", "LEGACY", "add_arguments", "build_spec", "extra_notes"]

@@ -18,7 +18,6 @@ from pgx_core.shortcuts import (
     add_legacy_arguments,
     as_uri,
     lake_of_output_root,
-    legacy_notes,
     pipeline_run,
 )
 
@@ -54,10 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_legacy_arguments(parser, LEGACY, "2_global_imputation.py")
 
 
-def notes(args: argparse.Namespace) -> list[str]:
-    return legacy_notes(args, LEGACY)
-
-
 def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The ``PipelineRun`` document of ``pgx impute`` with these arguments (``UsageError``: 64)."""
     root = args.output_root or paths.build_zone_path("silver")
@@ -72,4 +67,4 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     return pipeline_run(COMMAND, lake, {"use": "impute", "with": params}, args)
 
 
-__all__ = ["COMMAND", "HELP", "LEGACY", "add_arguments", "build_spec", "notes"]
+__all__ = ["COMMAND", "HELP", "LEGACY", "add_arguments", "build_spec"]

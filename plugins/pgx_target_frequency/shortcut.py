@@ -18,7 +18,6 @@ from pgx_core.shortcuts import (
     add_legacy_arguments,
     as_uri,
     default_lake,
-    legacy_notes,
     pipeline_run,
     years_between,
 )
@@ -42,10 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_legacy_arguments(parser, LEGACY, "6_target_frequency_analysis.py")
 
 
-def notes(args: argparse.Namespace) -> list[str]:
-    return legacy_notes(args, LEGACY)
-
-
 def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The ``PipelineRun`` document of ``pgx target-frequency`` with these arguments."""
     params: dict[str, Any] = {}
@@ -64,4 +59,4 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-__all__ = ["COMMAND", "HELP", "LEGACY", "add_arguments", "build_spec", "notes"]
+__all__ = ["COMMAND", "HELP", "LEGACY", "add_arguments", "build_spec"]

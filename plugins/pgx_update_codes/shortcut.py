@@ -33,7 +33,6 @@ from pgx_core.shortcuts import (
     add_legacy_arguments,
     as_uri,
     default_lake,
-    legacy_notes,
     pipeline_run,
 )
 
@@ -91,10 +90,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_legacy_arguments(parser, LEGACY, "7_update_codes.py")
 
 
-def notes(args: argparse.Namespace) -> list[str]:
-    return legacy_notes(args, LEGACY)
-
-
 def _split(value: str | None, flag: str) -> list[str] | None:
     if value is None:
         return None
@@ -148,4 +143,4 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     return pipeline_run(COMMAND, lake, {"use": COMMAND, "with": params}, args, max_parallel=workers)
 
 
-__all__ = ["COMMAND", "HELP", "LEGACY", "add_arguments", "build_spec", "default_target_map", "notes"]
+__all__ = ["COMMAND", "HELP", "LEGACY", "add_arguments", "build_spec", "default_target_map"]

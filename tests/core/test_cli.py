@@ -189,6 +189,7 @@ def test_seed_compatible_shortcuts_map_flags_onto_one_stage_specs() -> None:
 def test_every_flag_of_the_older_scripts_is_accepted() -> None:
     """The older scripts' whole command lines parse (values invented, flags theirs)."""
     from pgx_core.cli import build_parser
+    from pgx_core.shortcuts import notes
 
     parser = build_parser()
     older = {
@@ -209,7 +210,7 @@ def test_every_flag_of_the_older_scripts_is_accepted() -> None:
     for command, flags in older.items():
         args = parser.parse_args([command, *flags.split()])
         assert args.command == command
-        args.shortcut.notes(args)
+        notes(args.shortcut, args)
         if command != "clean":  # its invented --pairs-file does not exist (test_clean_shortcut covers it)
             assert args.shortcut.build_spec(args)["spec"]["stages"][0]["use"].startswith(command)
 

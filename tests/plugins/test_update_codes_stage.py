@@ -450,6 +450,7 @@ def test_maps_are_validated_with_the_spec_naming_keys(tmp_path: Path) -> None:
 def test_shortcut_maps_the_legacy_command_line_to_a_valid_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pgx_core.cli import build_parser
     from pgx_core.errors import UsageError
+    from pgx_core.shortcuts import notes as shortcut_notes
 
     def parse(*argv: str) -> Any:
         return build_parser().parse_args(["update-codes", *argv])
@@ -496,9 +497,9 @@ def test_shortcut_maps_the_legacy_command_line_to_a_valid_spec(tmp_path: Path, m
     rs = validate_document(doc, "<update-codes>", plugins().registry)
     assert rs.stages[0].params.model_dump()["chunk_rows"] == 5000
     assert ns.no_resume is False and parse("--no-resume").no_resume is True
-    notes = shortcut.notes(ns)
+    notes = shortcut_notes(shortcut, ns)
     assert len(notes) == 3 and all(n.startswith("note: --") and "\n" not in n for n in notes)
-    assert shortcut.notes(parse()) == []
+    assert shortcut_notes(shortcut, parse()) == []
     # --workers wins over the per-dataset counts; else the largest of them. --chunk-rows 0: sized by memory.
     assert shortcut.build_spec(parse("--workers", "2", "--workers-pharmacy", "9"))["spec"]["executor"] == {
         "maxParallel": 2
