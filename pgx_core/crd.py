@@ -28,9 +28,12 @@ PHASES = ("Pending", "Running", "Succeeded", "Failed")
 
 # JSON-schema keywords Kubernetes' JSONSchemaProps accepts and that mean the same there.
 _KEEP = (
-    "type", "description", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "type", "description", "enum", "minimum", "maximum",
     "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "required", "uniqueItems",
 )  # fmt: skip
+# pydantic writes an exclusive bound as a number (JSON Schema 2020-12); Kubernetes' schema (OpenAPI
+# v3.0) wants the bound in minimum/maximum and a boolean flag.
+_EXCLUSIVE = {"exclusiveMinimum": "minimum", "exclusiveMaximum": "maximum"}
 _DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
@@ -67,6 +70,9 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     for key in _KEEP:
         if key in node:
             out[key] = copy.deepcopy(node[key])
+    for key, bound in _EXCLUSIVE.items():
+        if key in node:
+            out[bound], out[key] = node[key], True
     if "const" in node:
         out["enum"] = [node["const"]]
     if "properties" in node:

@@ -71,6 +71,9 @@ MEANINGS: dict[str, str] = {
     "spec.executor.maxParallel": "Cap on concurrent work items (`null`: as many as Ray's memory resource admits).",
     "spec.executor.memoryBudgetMb": "Memory per work item in MB; stages size buckets and chunks to fit and "
     "Ray schedules by it.",
+    "spec.executor.cpusPerItem": "CPUs each work item asks Ray for (fractions allowed). With the memory "
+    "budget it decides how many items a node runs at once: a 16-CPU node runs 16 items of 1 CPU "
+    "if its memory admits them.",
     "spec.limit": "Smoke runs: per stage, run at most N of the entities that need work (those with input "
     "rows); the rest wait for a later run (`pgx run --limit` overrides).",
     "spec.leaseTtlSeconds": "Lifetime of an entity lease (5-3600 s); renewed every third of it while the "

@@ -3,8 +3,8 @@
 * No address: starts a local Ray sized to the machine (the embedded default).
 * ``executor.address`` or ``RAY_ADDRESS`` (which wins): joins an existing cluster, e.g. a KubeRay
   RayCluster's head service — that is how pgx scales past one machine.
-* Each task requests ``memoryBudgetMb`` of Ray's memory resource, so Ray only runs as many items
-  at once as fit; ``maxParallel`` caps in-flight tasks further.
+* Each task requests ``memoryBudgetMb`` of Ray's memory resource and ``cpusPerItem`` CPUs, so Ray
+  runs on each node only as many items at once as fit; ``maxParallel`` caps in-flight tasks further.
 * Lost workers (the process died) are retried by Ray itself (``max_retries``); exceptions raised by
   the function are not retried here (the entity protocol classifies them and the driver retries
   only transient ones).
@@ -285,6 +285,7 @@ class RayExecutor(Executor):
     ) -> None:
         self.stop = stop
         self.max_parallel = run.max_parallel if run else None
+        self.cpus_per_item = run.cpus_per_item if run else 1.0
         self.placements = Counter()
         address = cluster_address(address if address is not None else (run.ray_address if run else None))
         try:
@@ -329,7 +330,11 @@ class RayExecutor(Executor):
         with_stop: bool = False,
         on_error: OnError[T, R] | None = None,
     ) -> Iterator[tuple[int, R]]:
-        opts: dict[str, Any] = {"max_retries": LOST_WORKER_RETRIES, "retry_exceptions": False}
+        opts: dict[str, Any] = {
+            "max_retries": LOST_WORKER_RETRIES,
+            "retry_exceptions": False,
+            "num_cpus": self.cpus_per_item,
+        }
         if memory_mb:
             opts["memory"] = memory_mb * MB
         remote = _remote_call.options(**opts)

@@ -161,6 +161,7 @@ class ExecutorSettings(CamelModel):
     address: str | None = None
     max_parallel: int | None = Field(default=None, ge=1)
     memory_budget_mb: int = Field(default=2048, ge=64)
+    cpus_per_item: float = Field(default=1.0, gt=0, le=64)
 
 
 class StageSpec(CamelModel):

@@ -105,6 +105,7 @@ class RunInfo:
     max_parallel: int | None
     limit: int | None
     ray_address: str | None = None
+    cpus_per_item: float = 1.0
 
     @classmethod
     def from_spec(cls, spec: Spec, run_id: str, run_name: str) -> RunInfo:
@@ -124,6 +125,7 @@ class RunInfo:
             max_parallel=spec.executor.max_parallel,
             limit=spec.limit,
             ray_address=spec.executor.address,
+            cpus_per_item=spec.executor.cpus_per_item,
         )
 
 

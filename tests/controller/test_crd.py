@@ -37,6 +37,9 @@ def as_jsonschema(node: Any) -> Any:
     out = {k: as_jsonschema(v) for k, v in node.items()}
     if out.pop("nullable", False) and "type" in out:
         out["type"] = [out["type"], "null"]
+    for flag, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if out.get(flag) is True:  # OpenAPI v3.0's boolean flag → JSON Schema's exclusive bound
+            out[flag] = out.pop(bound)
     if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
         out["additionalProperties"] = False
     return out
@@ -144,7 +147,14 @@ def test_example_pipelinerun_validates_against_the_crd_and_pgx() -> None:
 def test_crd_schema_rejects_what_the_models_reject() -> None:
     doc = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     bad: dict[str, Any]
-    for bad in ({"limit": 0}, {"executor": {"type": "spark"}}, {"stages": []}, {"lakee": "s3://x"}):
+    cases = [
+        {"limit": 0},
+        {"executor": {"type": "spark"}},
+        {"executor": {"cpusPerItem": 0}},  # an exclusive bound
+        {"stages": []},
+        {"lakee": "s3://x"},
+    ]
+    for bad in cases:
         broken = copy.deepcopy(doc)
         broken["spec"].update(bad)
         with pytest.raises(jsonschema.ValidationError):
@@ -152,6 +162,9 @@ def test_crd_schema_rejects_what_the_models_reject() -> None:
         with pytest.raises(SpecError):
             validate_document(broken, "bad.yaml", registry())
     # Stage parameters are the plugin's business: the CRD keeps them, pgx validates them.
+    fine = copy.deepcopy(doc)
+    fine["spec"]["executor"] = {"cpusPerItem": 0.25}
+    validate_against_crd(fine)
     loose = copy.deepcopy(doc)
     loose["spec"]["stages"][0]["with"]["dataType"] = "dental"
     validate_against_crd(loose)

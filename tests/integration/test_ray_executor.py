@@ -238,3 +238,24 @@ def test_a_ray_client_connection_the_head_fails_to_start_is_tried_again(monkeypa
     monkeypatch.setattr(ray_executor, "CLIENT_CONNECT_ATTEMPTS", 1)
     with pytest.raises(ConnectionAbortedError):
         ray_executor._connect_client("ray://head:10001")
+
+
+def _assigned(_item: int) -> dict[str, float]:
+    import ray
+
+    return dict(ray.get_runtime_context().get_assigned_resources())
+
+
+def test_each_work_item_asks_ray_for_the_specs_cpus_and_memory(ray_session: None) -> None:
+    """The scheduler places work items by what they ask for: ``cpusPerItem`` and ``memoryBudgetMb``."""
+    from types import SimpleNamespace
+
+    from pgx_core.ray_executor import RayExecutor
+
+    run: Any = SimpleNamespace(max_parallel=None, ray_address=None, cpus_per_item=0.5)
+    executor = RayExecutor(threading.Event(), run)
+    try:
+        results = [r for _, r in executor.map_unordered(_assigned, [1, 2], memory_mb=64)]
+    finally:
+        executor.close()
+    assert results == [{"CPU": 0.5, "memory": 64 * 1024 * 1024}] * 2
