@@ -264,9 +264,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from pgx_core.backup import backup_s3_prefix  # noqa: PLC0415
     from pgx_core.storage import StoreConfig  # noqa: PLC0415
 
-    prefix = backup_s3_prefix(
-        args.src_prefix, args.backup_root, StoreConfig.resolve(args.endpoint_url, args.region)
-    )
+    prefix = backup_s3_prefix(args.src_prefix, args.backup_root, StoreConfig.resolve(args.endpoint_url, args.region))
     _emit(args, {"backup_prefix": prefix}, lambda: print(prefix))
     return ExitCode.OK
 
@@ -336,11 +334,35 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from pgx_core.render import DEFAULT_IMAGE, render_rayjob, render_run, to_yaml  # noqa: PLC0415
+    from pgx_core.render import (  # noqa: PLC0415
+        DEFAULT_IMAGE,
+        RayClusterSettings,
+        render_rayjob,
+        render_run,
+        to_yaml,
+    )
 
+    sized = args.workers is not None or args.max_workers is not None
+    if sized and args.target != "rayjob":
+        raise UsageError("pgx render: --workers and --max-workers size the cluster of --target rayjob only")
+    if (args.ray_address or args.ray_token_secret) and args.target != "job":
+        raise UsageError(
+            "pgx render: --ray-address and --ray-token-secret are for --target job (a RayJob makes its own cluster)"
+        )
     _, spec = _plugins_and_spec(args.spec)
-    render = render_rayjob if args.target == "rayjob" else render_run
-    objects = render(spec, image=args.image or DEFAULT_IMAGE, namespace=args.namespace)
+    image = args.image or DEFAULT_IMAGE
+    if args.target == "rayjob":
+        workers = RayClusterSettings().worker_replicas if args.workers is None else args.workers
+        cluster = RayClusterSettings(worker_replicas=workers, min_workers=workers, max_workers=args.max_workers)
+        objects = render_rayjob(spec, image=image, namespace=args.namespace, cluster=cluster)
+    else:
+        objects = render_run(
+            spec,
+            image=image,
+            namespace=args.namespace,
+            ray_address=args.ray_address,
+            ray_token_secret=args.ray_token_secret,
+        )
     if args.json:  # a v1 List stays usable with `kubectl apply -f -`
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=1))
     else:
@@ -357,7 +379,6 @@ def _run_id(value: str) -> str:
     if not clock.is_run_id(value):
         raise argparse.ArgumentTypeError(f"expected a run id such as 20261126T101500Z-3f9c2a7e, got {value!r}")
     return value
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,11 +451,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         choices=["job", "rayjob"],
         default="job",
-        help="job: ConfigMap + Job (a local Ray in the pod, or executor.address); "
+        help="job: ConfigMap + Job (a local Ray in the pod, or the cluster at --ray-address); "
         "rayjob: ConfigMap + KubeRay RayJob (a Ray cluster made for the run)",
+    )
+    sp.add_argument(
+        "--ray-address",
+        metavar="URL",
+        help="job: join this Ray cluster, e.g. ray://pgx-raycluster-head-svc:10001 (set as RAY_ADDRESS)",
+    )
+    sp.add_argument(
+        "--ray-token-secret",
+        metavar="SECRET",
+        help="job: the Secret holding that cluster's token (key auth_token), for a cluster with token auth",
     )
     sp.add_argument("--image", help="container image (default: pgx:<version>)")
     sp.add_argument("--namespace", help="namespace of the objects (default: the spec's, else none)")
+    sp.add_argument(
+        "--workers", type=int, metavar="N", help="rayjob: Ray worker pods the cluster starts with (default: 2)"
+    )
+    sp.add_argument(
+        "--max-workers",
+        type=int,
+        metavar="M",
+        help="rayjob: let KubeRay's autoscaler grow the workers up to M while tasks wait (default: --workers)",
+    )
 
     sp = add("controller", cmd_controller, "reconcile PipelineRun resources into ConfigMaps + Jobs (in a cluster)")
     sp.add_argument("--namespace", help="namespace to watch (default: the pod's own)")

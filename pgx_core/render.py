@@ -36,6 +36,8 @@ TMP_DIR = "/tmp"  # noqa: S108
 RAY_TMP_DIR = "/tmp/ray"  # noqa: S108
 SHM_DIR = "/dev/shm"  # noqa: S108
 SPEC_KEY = "spec.yaml"
+# The key of a Ray cluster's token in its Secret (KubeRay's convention); a key name, not a token.
+RAY_TOKEN_KEY = "auth_token"  # noqa: S105
 CONTAINER = "pgx"
 DEFAULT_IMAGE = f"pgx:{__version__}"
 DEFAULT_SERVICE_ACCOUNT = "pgx"
@@ -43,6 +45,7 @@ DEFAULT_SERVICE_ACCOUNT = "pgx"
 NO_RETRY_EXIT_CODES = (int(ExitCode.DATA), int(ExitCode.CONFLICT), int(ExitCode.USAGE))
 MAX_NAME = 63  # a Job's name is copied into a label value of its pods
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 def _default_resources() -> dict[str, dict[str, str]]:
@@ -65,6 +68,22 @@ class JobSettings:
     fs_group: int = 10001  # securityContext.fsGroup
     image_pull_policy: str = "IfNotPresent"  # image.pullPolicy
     extra_env: Sequence[Mapping[str, Any]] = ()  # extraEnv
+    extra_volumes: Sequence[Mapping[str, Any]] = ()  # extraVolumes
+    extra_volume_mounts: Sequence[Mapping[str, Any]] = ()  # extraVolumeMounts
+
+    def env(self, *first: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A container's environment: the read-only root's redirects to the /tmp emptyDir,
+        ``first``, then ``extraEnv`` (which may reference Secrets, never hold a credential)."""
+        base = [{"name": "HOME", "value": TMP_DIR}, {"name": "TMPDIR", "value": TMP_DIR}]
+        return [*base, *(dict(e) for e in first), *(dict(e) for e in self.extra_env)]
+
+    def mounts(self, *first: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A container's volume mounts: ``first``, then ``extraVolumeMounts``."""
+        return [*(dict(m) for m in first), *(dict(m) for m in self.extra_volume_mounts)]
+
+    def volumes(self, *first: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A pod's volumes: ``first``, then ``extraVolumes``."""
+        return [*(dict(v) for v in first), *(dict(v) for v in self.extra_volumes)]
 
 
 def object_name(run_name: str) -> str:
@@ -131,6 +150,13 @@ def _pod_security(settings: JobSettings) -> dict[str, Any]:
     }
 
 
+def ray_token_env(secret: str) -> list[dict[str, Any]]:
+    """A driver's environment for a Ray cluster with token auth: the token from the Secret
+    ``secret`` (key ``auth_token``, as KubeRay's ``authOptions.secretName`` wants it)."""
+    ref = {"name": secret, "key": RAY_TOKEN_KEY}
+    return [{"name": "RAY_AUTH_MODE", "value": "token"}, {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": ref}}]
+
+
 def job_spec(
     *,
     config_map: str,
@@ -140,18 +166,15 @@ def job_spec(
     extra_args: Sequence[str],
     settings: JobSettings,
     pod_labels: Mapping[str, str],
+    ray_token_secret: str | None = None,
 ) -> dict[str, Any]:
     """The Job spec of one run: the chart's ``pgx.jobSpec`` template, in Python."""
     local_ray = not ray_address
-    env: list[dict[str, Any]] = [
-        # The root filesystem is read-only: everything that writes goes to the /tmp emptyDir.
-        {"name": "HOME", "value": TMP_DIR},
-        {"name": "TMPDIR", "value": TMP_DIR},
-        {"name": "RAY_TMPDIR", "value": RAY_TMP_DIR},
-    ]
+    env: list[dict[str, Any]] = [{"name": "RAY_TMPDIR", "value": RAY_TMP_DIR}]
     if ray_address:
         env.append({"name": "RAY_ADDRESS", "value": ray_address})
-    env.extend(dict(e) for e in settings.extra_env)
+    if ray_token_secret:
+        env.extend(ray_token_env(ray_token_secret))
     mounts: list[dict[str, Any]] = [
         {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": TMP_DIR},
@@ -170,10 +193,11 @@ def job_spec(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["pgx"],
         "args": ["run", f"{SPEC_DIR}/{SPEC_KEY}", *extra_args],
-        "env": env,
+        # The root filesystem is read-only: everything that writes goes to the /tmp emptyDir.
+        "env": settings.env(*env),
         "resources": {k: dict(v) for k, v in settings.resources.items()},
         "securityContext": _container_security(settings),
-        "volumeMounts": mounts,
+        "volumeMounts": settings.mounts(*mounts),
     }
     return {
         "backoffLimit": settings.backoff_limit,
@@ -200,7 +224,7 @@ def job_spec(
                 "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
                 "securityContext": _pod_security(settings),
                 "containers": [container],
-                "volumes": volumes,
+                "volumes": settings.volumes(*volumes),
             },
         },
     }
@@ -215,6 +239,7 @@ def render_run(
     ray_address: str | None = None,
     extra_args: Sequence[str] = (),
     settings: JobSettings | None = None,
+    ray_token_secret: str | None = None,
 ) -> list[dict[str, Any]]:
     """A ConfigMap holding ``spec`` and a Job running it: ``[configmap, job]``.
 
@@ -228,6 +253,8 @@ def render_run(
             the pod, with a memory-backed ``/dev/shm``.
         extra_args: appended to ``pgx run /etc/pgx/spec.yaml`` (e.g. ``["--stage", "impute"]``).
         settings: Job and pod settings; default: the chart's defaults.
+        ray_token_secret: the Secret holding the token of a Ray cluster with token auth (key
+            ``auth_token``); needs ``ray_address``.
 
     Both names are ``pgx-<metadata.name>`` (hash-shortened past 63 characters), so rendering the
     same spec twice gives the same objects. Raises :class:`UsageError` (exit 64) for an empty
@@ -239,6 +266,12 @@ def render_run(
     for what, value in (("--namespace", ns), ("service account", service_account)):
         if value is not None and not _DNS_LABEL.match(value):
             raise UsageError(f"pgx render: {what} must be a DNS-1123 label (a-z, 0-9, '-', at most 63), got {value!r}")
+    if ray_token_secret and not ray_address:
+        raise UsageError("pgx render: --ray-token-secret is the token of the cluster at --ray-address; give both")
+    if ray_token_secret is not None and not _DNS_SUBDOMAIN.match(ray_token_secret):
+        raise UsageError(
+            f"pgx render: --ray-token-secret must name a Secret (DNS-1123 subdomain), got {ray_token_secret!r}"
+        )
     settings = settings or JobSettings()
     name = object_name(spec.name)
 
@@ -267,6 +300,7 @@ def render_run(
             extra_args=extra_args,
             settings=settings,
             pod_labels=_labels(spec, name, "run"),
+            ray_token_secret=ray_token_secret,
         ),
     }
     return [config_map, job]
@@ -280,13 +314,43 @@ def _ray_resources(cpu: str, memory: str) -> dict[str, dict[str, str]]:
 class RayClusterSettings:
     """The RayCluster a RayJob creates: a head that schedules (and runs the driver) and a group of
     identical workers that run the work items. Ray derives each node's CPUs and memory from its
-    container's limits; each work item asks for ``memoryBudgetMb`` of it."""
+    container's limits; each work item asks for ``memoryBudgetMb`` of it.
 
-    worker_replicas: int = 2
+    The defaults are those of the chart's ``ray.head``, ``ray.workers`` and ``ray.rayJob`` values.
+    ``min_workers``/``max_workers`` default to ``worker_replicas`` (a fixed size); when they differ,
+    KubeRay's autoscaler adds workers while tasks wait and removes those idle for
+    ``idle_timeout_seconds``.
+    """
+
+    worker_replicas: int = 2  # ray.workers.replicas
+    min_workers: int | None = None  # ray.workers.minReplicas
+    max_workers: int | None = None  # ray.workers.maxReplicas
     worker_resources: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: _ray_resources("2", "8Gi"))
     head_resources: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: _ray_resources("1", "4Gi"))
-    shm_size_limit: str = "3Gi"  # each node's object store (/dev/shm): row data never travels through it
-    ttl_seconds_after_finished: int = 3600  # the RayJob object (and the cluster's logs) stay that long
+    shm_size_limit: str = "3Gi"  # ray.shmSizeLimit: each node's object store; row data never travels through it
+    idle_timeout_seconds: int = 60  # ray.workers.idleTimeoutSeconds
+    ttl_seconds_after_finished: int = 3600  # ray.rayJob.ttlSecondsAfterFinished
+    auth_mode: str = "token"  # ray.rayJob.authMode: KubeRay makes the cluster's token Secret and hands it out
+    auth_secret: str | None = None  # a Secret of yours holding the token (key auth_token) instead
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        low = self.worker_replicas if self.min_workers is None else self.min_workers
+        high = self.worker_replicas if self.max_workers is None else self.max_workers
+        if not 0 <= low <= self.worker_replicas <= high or high < 1:
+            raise UsageError(
+                "pgx render: Ray workers need 0 <= min <= replicas <= max and max >= 1, "
+                f"got min {low}, replicas {self.worker_replicas}, max {high}"
+            )
+        return low, high
+
+    @property
+    def autoscaling(self) -> bool:
+        low, high = self.bounds
+        return low != high
+
+
+_RAY_COMPONENT = {"head": "ray-head", "worker": "ray-worker", "submitter": "ray-submitter"}
 
 
 def _ray_pod(
@@ -295,6 +359,7 @@ def _ray_pod(
     image: str,
     service_account: str,
     settings: JobSettings,
+    labels: Mapping[str, str],
     resources: Mapping[str, Any],
     shm: str | None = None,
     spec_cm: str | None = None,
@@ -315,25 +380,147 @@ def _ray_pod(
         "name": f"ray-{role}",
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
-        "env": [
-            {"name": "HOME", "value": TMP_DIR},
-            {"name": "TMPDIR", "value": TMP_DIR},
-            *(dict(e) for e in settings.extra_env),
-        ],
+        "env": settings.env(),
         "resources": {k: dict(v) for k, v in resources.items()},
         "securityContext": _container_security(settings),
-        "volumeMounts": mounts,
+        "volumeMounts": settings.mounts(*mounts),
     }
     return {
+        "metadata": {"labels": {**labels, "app.kubernetes.io/component": _RAY_COMPONENT[role]}},
         "spec": {
             "serviceAccountName": service_account,
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "securityContext": _pod_security(settings),
             "containers": [container],
-            "volumes": volumes,
-        }
+            "volumes": settings.volumes(*volumes),
+        },
     }
+
+
+def ray_cluster_spec(
+    *,
+    image: str,
+    service_account: str,
+    settings: JobSettings,
+    cluster: RayClusterSettings,
+    pod_labels: Mapping[str, str],
+    spec_cm: str | None = None,
+) -> dict[str, Any]:
+    """A RayCluster's spec: a head that takes no work (and, for a RayJob, runs the driver with the
+    run spec from ``spec_cm``) and one group of workers: ``rayClusterSpec`` of the chart's
+    ``pgx.rayJobSpec``, and ``manifests/40-raycluster.yaml``."""
+    from ray import __version__ as ray_version  # noqa: PLC0415 - the image's Ray is the driver's
+
+    low, high = cluster.bounds
+    pod = functools.partial(
+        _ray_pod, image=image, service_account=service_account, settings=settings, labels=pod_labels
+    )
+    auth: dict[str, Any] = {"mode": cluster.auth_mode}
+    if cluster.auth_secret:
+        auth["secretName"] = cluster.auth_secret
+    spec: dict[str, Any] = {
+        "rayVersion": ray_version,
+        # KubeRay hands the cluster's token (from a Secret it makes, or `auth_secret`) to every Ray
+        # pod and the submitter: only they can reach the head.
+        "authOptions": auth,
+        "headGroupSpec": {
+            # The head schedules (and runs a RayJob's driver); work items go to the workers.
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},  # noqa: S104 - in-cluster
+            "template": pod("head", resources=cluster.head_resources, shm=cluster.shm_size_limit, spec_cm=spec_cm),
+        },
+        "workerGroupSpecs": [
+            {
+                "groupName": "workers",
+                "replicas": cluster.worker_replicas,
+                "minReplicas": low,
+                "maxReplicas": high,
+                "rayStartParams": {},
+                "template": pod("worker", resources=cluster.worker_resources, shm=cluster.shm_size_limit),
+            }
+        ],
+    }
+    if cluster.autoscaling:
+        # KubeRay adds its autoscaler as a second container of the head pod: same restrictions.
+        spec["enableInTreeAutoscaling"] = True
+        spec["autoscalerOptions"] = {
+            "idleTimeoutSeconds": cluster.idle_timeout_seconds,
+            "env": settings.env(),
+            "resources": _ray_resources("500m", "512Mi"),
+            "securityContext": _container_security(settings),
+            "volumeMounts": [{"name": "tmp", "mountPath": TMP_DIR}],
+        }
+    return spec
+
+
+def rayjob_spec(
+    *,
+    config_map: str,
+    image: str,
+    service_account: str,
+    extra_args: Sequence[str],
+    settings: JobSettings,
+    cluster: RayClusterSettings,
+    pod_labels: Mapping[str, str],
+) -> dict[str, Any]:
+    """The spec of a RayJob running one spec: the chart's ``pgx.rayJobSpec`` template, in Python."""
+    submitter = _ray_pod(
+        "submitter",
+        image=image,
+        service_account=service_account,
+        settings=settings,
+        labels=pod_labels,
+        resources=_ray_resources("200m", "256Mi"),
+    )
+    submitter["spec"]["restartPolicy"] = "Never"
+    return {
+        "entrypoint": " ".join(["pgx", "run", f"{SPEC_DIR}/{SPEC_KEY}", *extra_args]),
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
+        "activeDeadlineSeconds": settings.active_deadline_seconds,
+        "submitterPodTemplate": submitter,
+        "rayClusterSpec": ray_cluster_spec(
+            image=image,
+            service_account=service_account,
+            settings=settings,
+            cluster=cluster,
+            pod_labels=pod_labels,
+            spec_cm=config_map,
+        ),
+    }
+
+
+def render_raycluster(
+    name: str,
+    *,
+    image: str,
+    namespace: str | None,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
+    settings: JobSettings | None = None,
+    cluster: RayClusterSettings | None = None,
+) -> dict[str, Any]:
+    """A long-lived KubeRay ``RayCluster`` for runs to join (``ray://<name>-head-svc:10001``), with
+    the pods of a RayJob's cluster. ``cluster.auth_secret`` names the Secret holding its token
+    (key ``auth_token``), which the drivers' Jobs read too."""
+    if not _DNS_LABEL.match(name):
+        raise UsageError(f"RayCluster name must be a DNS-1123 label, got {name!r}")
+    labels = {
+        "app.kubernetes.io/name": "pgx",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/version": __version__,
+        "app.kubernetes.io/component": "raycluster",
+        "app.kubernetes.io/part-of": "pgx",
+        "app.kubernetes.io/managed-by": "pgx-render",
+    }
+    meta: dict[str, Any] = {"name": name, **({"namespace": namespace} if namespace else {}), "labels": labels}
+    spec = ray_cluster_spec(
+        image=image,
+        service_account=service_account,
+        settings=settings or JobSettings(),
+        cluster=cluster or RayClusterSettings(),
+        pod_labels=labels,
+    )
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": meta, "spec": spec}
 
 
 def render_rayjob(
@@ -354,16 +541,10 @@ def render_rayjob(
     cluster (Ray sets ``RAY_ADDRESS`` for a job), so ``executor.address`` stays unset. Arguments as
     for :func:`render_run`.
     """
-    from ray import __version__ as ray_version  # noqa: PLC0415 - the image's Ray is the driver's
-
     config_map, job = render_run(
         spec, image=image, namespace=namespace, service_account=service_account, settings=settings
     )
-    settings, cluster = settings or JobSettings(), cluster or RayClusterSettings()
     name = config_map["metadata"]["name"]
-    pod = functools.partial(_ray_pod, image=image, service_account=service_account, settings=settings)
-    submitter = pod("submitter", resources=_ray_resources("200m", "256Mi"))
-    submitter["spec"]["restartPolicy"] = "Never"
     rayjob = {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
@@ -371,31 +552,15 @@ def render_rayjob(
             **job["metadata"],
             "labels": {**job["metadata"]["labels"], "app.kubernetes.io/component": "rayjob"},
         },
-        "spec": {
-            "entrypoint": " ".join(["pgx", "run", f"{SPEC_DIR}/{SPEC_KEY}", *extra_args]),
-            "shutdownAfterJobFinishes": True,
-            "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
-            "activeDeadlineSeconds": settings.active_deadline_seconds,
-            "submitterPodTemplate": submitter,
-            "rayClusterSpec": {
-                "rayVersion": ray_version,
-                "headGroupSpec": {
-                    # The head schedules and runs the driver; work items go to the workers.
-                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},  # noqa: S104 - in-cluster
-                    "template": pod("head", resources=cluster.head_resources, shm=cluster.shm_size_limit, spec_cm=name),
-                },
-                "workerGroupSpecs": [
-                    {
-                        "groupName": "workers",
-                        "replicas": cluster.worker_replicas,
-                        "minReplicas": cluster.worker_replicas,
-                        "maxReplicas": cluster.worker_replicas,
-                        "rayStartParams": {},
-                        "template": pod("worker", resources=cluster.worker_resources, shm=cluster.shm_size_limit),
-                    }
-                ],
-            },
-        },
+        "spec": rayjob_spec(
+            config_map=name,
+            image=image,
+            service_account=service_account,
+            extra_args=extra_args,
+            settings=settings or JobSettings(),
+            cluster=cluster or RayClusterSettings(),
+            pod_labels=_labels(spec, name, "run"),
+        ),
     }
     return [config_map, rayjob]
 

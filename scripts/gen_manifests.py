@@ -8,7 +8,9 @@
 - ``20-run.yaml``: an ad-hoc run, ConfigMap + Job, exactly what ``pgx render`` prints for
   :data:`ADHOC_SPEC`;
 - ``30-rayjob.yaml``: the same run on a Ray cluster made for it, ConfigMap + KubeRay RayJob, what
-  ``pgx render --target rayjob`` prints.
+  ``pgx render --target rayjob`` prints;
+- ``40-raycluster.yaml``: a long-lived KubeRay RayCluster for runs to join (``ray.mode: cluster``,
+  ``pgx render --ray-address``), with the pods of a RayJob's cluster and token auth.
 
 The chart is rendered with the real Helm engine (helm-python-sdk, a test dependency). tests/chart
 calls :func:`generate` and fails when the files on disk differ from what it returns.
@@ -61,6 +63,21 @@ RAYJOB_HEADER = """\
 # spec and spec.rayClusterSpec.workerGroupSpecs (replicas, resources), or make the file with
 # `pgx render my-spec.yaml --target rayjob --namespace pgx --image REGISTRY/pgx:TAG`, then
 # kubectl apply -f it. See docs/kubernetes.md.
+"""
+
+RAYCLUSTER = "pgx-raycluster"
+RAYCLUSTER_TOKEN = "pgx-raycluster-token"  # noqa: S105 - the name of a Secret, not a token
+RAYCLUSTER_HEADER = f"""\
+# A long-lived Ray cluster for pgx runs to join: a KubeRay RayCluster from the pgx image, its pods
+# under the restricted Pod Security Standard, token auth with the token in the Secret
+# {RAYCLUSTER_TOKEN} (key auth_token). Create that Secret first, then apply this file:
+#   kubectl -n pgx create secret generic {RAYCLUSTER_TOKEN} --from-literal=auth_token=$(openssl rand -hex 32)
+#   kubectl apply -f manifests/40-raycluster.yaml
+# Runs join it at ray://{RAYCLUSTER}-head-svc:10001 with the token from that Secret:
+#   pgx render my-spec.yaml --namespace pgx --ray-address ray://{RAYCLUSTER}-head-svc:10001 \\
+#     --ray-token-secret {RAYCLUSTER_TOKEN}
+# or the chart with ray.mode: cluster, ray.address and ray.tokenSecret. Workers scale between
+# minReplicas and maxReplicas with KubeRay's autoscaler. See docs/kubernetes.md.
 """
 
 RUN_HEADER = """\
@@ -129,6 +146,13 @@ def run_objects(target: str = "job") -> list[dict[str, Any]]:
     return render(spec, image=DEFAULT_IMAGE, namespace=NAMESPACE)
 
 
+def raycluster_object() -> dict[str, Any]:
+    from pgx_core.render import DEFAULT_IMAGE, RayClusterSettings, render_raycluster  # noqa: PLC0415
+
+    cluster = RayClusterSettings(worker_replicas=1, min_workers=1, max_workers=4, auth_secret=RAYCLUSTER_TOKEN)
+    return render_raycluster(RAYCLUSTER, image=DEFAULT_IMAGE, namespace=NAMESPACE, cluster=cluster)
+
+
 def _crd_files() -> dict[str, str]:
     """The CRD and example PipelineRun, made by scripts/gen_crd.py (one generator per file)."""
     import importlib.util  # noqa: PLC0415
@@ -154,6 +178,9 @@ def generate() -> dict[str, str]:
         "30-rayjob.yaml": RAYJOB_HEADER
         + HEADER.format(what="pgx render --target rayjob")
         + to_yaml(run_objects("rayjob")),
+        "40-raycluster.yaml": RAYCLUSTER_HEADER
+        + HEADER.format(what="pgx_core.render.render_raycluster")
+        + to_yaml([raycluster_object()]),
     }
 
 

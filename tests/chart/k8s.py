@@ -9,7 +9,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
+import yaml
 from kubernetes_validate.utils import latest_version
 
 from pgx_core.exitcodes import ExitCode
@@ -19,6 +21,11 @@ from pgx_core.stage import StageRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "pgx"
+KUBERAY_CRDS = {
+    "RayCluster": Path(__file__).parent / "kuberay" / "ray.io_rayclusters.yaml",
+    "RayJob": Path(__file__).parent / "kuberay" / "ray.io_rayjobs.yaml",
+    "RayCronJob": Path(__file__).parent / "kuberay" / "ray.io_raycronjobs.yaml",
+}
 # The chart's minimum (Chart.yaml kubeVersion: podFailurePolicy is GA in 1.31) and the newest
 # Kubernetes whose schemas kubernetes-validate ships.
 KUBE_VERSIONS = ("1.31.0", latest_version())
@@ -69,8 +76,127 @@ def validate_k8s(obj: dict[str, Any]) -> None:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
+@cache
+def kuberay_schema(kind: str) -> dict[str, Any]:
+    """The ``v1`` schema of a KubeRay CRD, with unknown fields refused as the API server would
+    (a structural schema prunes them silently, which would hide a misspelt field)."""
+    crd = yaml.safe_load(KUBERAY_CRDS[kind].read_text())
+    [v1] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+
+    def closed(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: closed(v) for k, v in node.items()}
+            if (
+                "properties" in out
+                and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                out["additionalProperties"] = False
+            return out
+        if isinstance(node, list):
+            return [closed(v) for v in node]
+        return node
+
+    schema: dict[str, Any] = closed(v1["schema"]["openAPIV3Schema"])
+    return schema
+
+
+def validate_kuberay(obj: dict[str, Any]) -> None:
+    """A ``ray.io/v1`` object against its KubeRay CRD, and every pod template in it against the
+    Kubernetes schemas (as a Pod). Raises on the first error."""
+    assert obj["apiVersion"] == "ray.io/v1", obj["apiVersion"]
+    jsonschema.validate(obj, kuberay_schema(obj["kind"]), cls=jsonschema.Draft7Validator)
+    for role, template in ray_pods(obj).items():
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"x-{role}"}, "spec": template["spec"]}
+        validate_k8s(pod)
+
+
+def rayjob_spec_of(obj: dict[str, Any]) -> dict[str, Any]:
+    """The RayJob spec of a RayJob, or the job template of a RayCronJob."""
+    spec: dict[str, Any] = obj["spec"]["jobTemplate"] if obj["kind"] == "RayCronJob" else obj["spec"]
+    return spec
+
+
+def ray_pods(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every pod template of a RayCluster, RayJob or RayCronJob: head, each worker group and (of a
+    RayJob) the submitter."""
+    pods: dict[str, dict[str, Any]] = {}
+    if obj["kind"] == "RayCluster":
+        cluster = obj["spec"]
+    else:
+        spec = rayjob_spec_of(obj)
+        cluster = spec["rayClusterSpec"]
+        pods["submitter"] = spec["submitterPodTemplate"]
+    pods["head"] = cluster["headGroupSpec"]["template"]
+    for group in cluster["workerGroupSpecs"]:
+        pods[f"worker-{group['groupName']}"] = group["template"]
+    return pods
+
+
+def check_ray_pod(role: str, template: dict[str, Any], *, service_account: str) -> None:
+    """Restricted Pod Security, the run's ServiceAccount, a read-only root with /tmp writable."""
+    pod = template["spec"]
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["seccompProfile"] == {"type": "RuntimeDefault"}, role
+    assert isinstance(psc["runAsUser"], int) and psc["runAsUser"] > 0
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == service_account
+    for key in ("hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace"):
+        assert not pod.get(key), (role, key)
+    for v in pod["volumes"]:
+        assert set(v) - {"name"} <= RESTRICTED_VOLUMES, (role, v)
+    (container,) = pod["containers"]
+    check_restricted_container(container["securityContext"])
+    assert container["resources"]["limits"]["memory"] and container["resources"]["limits"]["cpu"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp"}
+    check_env(container)
+
+
+def check_restricted_container(csc: dict[str, Any]) -> None:
+    assert csc["allowPrivilegeEscalation"] is False and csc["readOnlyRootFilesystem"] is True
+    assert csc["capabilities"] == {"drop": ["ALL"]} and csc["runAsNonRoot"] is True
+    assert isinstance(csc["runAsUser"], int) and csc["runAsUser"] > 0
+    assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not csc.get("privileged")
+
+
+def check_env(container: dict[str, Any]) -> None:
+    """No credential in clear: a secret-looking variable takes its value from a Secret, AWS keys
+    not at all (they come from the AWS chain, IRSA)."""
+    for e in container["env"]:
+        assert not e["name"].startswith(("AWS_ACCESS_KEY", "AWS_SECRET", "AWS_SESSION")), e["name"]
+        if secret_like(e["name"]):
+            assert "value" not in e and "secretKeyRef" in e["valueFrom"], e["name"]
+    assert not container.get("envFrom")
+
+
 def secret_like(text: str) -> list[str]:
     return [m.group(0) for m in SECRET_LIKE.finditer(text)]
+
+
+CREDENTIAL_VALUE = re.compile(r"-----BEGIN [A-Z ]*KEY-----|\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+REFERENCES = {"secretKeyRef", "secretName"}  # name a Secret; hold no credential
+
+
+def literal_credentials(node: Any, path: str = "") -> list[str]:
+    """Where an object holds a credential in clear: a secret-looking key, or an EnvVar with a
+    secret-looking name, with a literal value; or any value shaped like an AWS key or a private key.
+    References to Secrets (``secretKeyRef``, a secret volume's ``secretName``) hold none."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("name"), str) and "value" in node and secret_like(node["name"]):
+            found.append(f"{path}[{node['name']}].value")
+        for key, value in node.items():
+            if key in REFERENCES:
+                continue
+            if isinstance(value, str | int) and not isinstance(value, bool) and secret_like(key):
+                found.append(f"{path}.{key}")
+            found.extend(literal_credentials(value, f"{path}.{key}"))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            found.extend(literal_credentials(item, f"{path}[{i}]"))
+    elif isinstance(node, str) and CREDENTIAL_VALUE.search(node):
+        found.append(path)
+    return found
 
 
 def spec_of(config_map: dict[str, Any]) -> RunSpec:
@@ -122,14 +248,7 @@ def check_job_spec(
     assert container["name"] == "pgx"
     assert container["command"] == ["pgx"]
     assert container["args"][:2] == ["run", "/etc/pgx/spec.yaml"]
-    csc = container["securityContext"]
-    assert csc["allowPrivilegeEscalation"] is False
-    assert csc["readOnlyRootFilesystem"] is True
-    assert csc["runAsNonRoot"] is True
-    assert isinstance(csc["runAsUser"], int) and csc["runAsUser"] > 0
-    assert csc["capabilities"] == {"drop": ["ALL"]}
-    assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert not csc.get("privileged")
+    check_restricted_container(container["securityContext"])
     assert not container.get("ports")
     resources = container["resources"]
     assert resources["requests"]["memory"] and resources["limits"]["memory"]
@@ -147,8 +266,4 @@ def check_job_spec(
         assert env["RAY_ADDRESS"] == {"name": "RAY_ADDRESS", "value": ray_address}
     else:
         assert "RAY_ADDRESS" not in env
-    for e in container["env"]:
-        # Credentials only from the AWS chain (IRSA): never a key, never a Secret.
-        assert not secret_like(e["name"]), e["name"]
-        assert "secretKeyRef" not in e.get("valueFrom", {})
-    assert not container.get("envFrom")
+    check_env(container)

@@ -11,7 +11,19 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.k8s import REPO, by_kind, check_job_spec, gen_manifests, secret_like, spec_of, validate_k8s
+from tests.chart.k8s import (
+    REPO,
+    by_kind,
+    check_job_spec,
+    check_ray_pod,
+    gen_manifests,
+    literal_credentials,
+    ray_pods,
+    secret_like,
+    spec_of,
+    validate_k8s,
+    validate_kuberay,
+)
 
 pytestmark = pytest.mark.chart
 
@@ -64,6 +76,7 @@ def test_every_manifest_is_valid_kubernetes() -> None:
         "10-serviceaccount.yaml",
         "20-run.yaml",
         "30-rayjob.yaml",
+        "40-raycluster.yaml",
         "crd-pipelineruns.yaml",
         "example-pipelinerun.yaml",
     }
@@ -75,12 +88,11 @@ def test_every_manifest_is_valid_kubernetes() -> None:
 
                 validate_against_crd(obj)
                 continue
-            if obj["kind"] == "RayJob":  # KubeRay's: against its CRD, every pod restricted
-                from tests.chart.test_rayjob import check_restricted, pods, validate_rayjob
-
-                validate_rayjob(obj)
-                for role, template in pods(obj).items():
-                    check_restricted(role, template)
+            if obj["kind"] in {"RayJob", "RayCluster"}:  # KubeRay's: against its CRD, every pod restricted
+                validate_kuberay(obj)
+                for role, template in ray_pods(obj).items():
+                    check_ray_pod(role, template, service_account="pgx")
+                assert literal_credentials(obj) == []
                 assert obj["metadata"]["namespace"] == "pgx"
                 continue
             validate_k8s(obj)

@@ -233,6 +233,23 @@ def test_docs_name_only_real_commands_and_existing_files() -> None:
             assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
 
 
+def test_kubernetes_doc_values_render_valid_objects() -> None:
+    """Each chart values example of kubernetes.md installs: schema, templates, Kubernetes and KubeRay schemas."""
+    pytest.importorskip("helm_python")
+    from tests.chart.k8s import render_chart, validate_k8s, validate_kuberay
+
+    examples = [body for _, body in code_blocks(read("kubernetes.md")) if body.startswith("# my-values.yaml")]
+    assert len(examples) >= 2
+    for body in examples:
+        objects = render_chart(yaml.safe_load(body))
+        assert objects
+        for obj in objects:
+            if obj["apiVersion"] == "ray.io/v1":
+                validate_kuberay(obj)
+            else:
+                validate_k8s(obj)
+
+
 # --- plugins.md -----------------------------------------------------------------------------------
 
 _FILE_BLOCK = re.compile(r"^<!-- file: (\S+) -->\n```[a-z]*\n(.*?)^```$", re.M | re.S)
