@@ -140,6 +140,9 @@ class ObjectStore(abc.ABC):
     """The object-store interface the whole runtime uses."""
 
     scheme: str
+    # Whether bytes cross a network to reach the store: worth compressing what the runtime writes
+    # for itself (scratch), where on a local disk compressing costs more CPU than it saves.
+    remote: bool = False
 
     # --- whole-object reads and writes -------------------------------------------------------
     @abc.abstractmethod

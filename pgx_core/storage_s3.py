@@ -188,6 +188,7 @@ class S3Store(ObjectStore):
     """
 
     scheme = "s3"
+    remote = True
 
     def __init__(
         self,

@@ -1,15 +1,21 @@
 """The ``impute`` stage (glimp): bronze → silver by global demographic imputation.
 
-Out of core, in three fan-outs over the executor (step 8):
+Out of core, in fan-outs over the executor (step 8):
 
+0. **sample** (prepare): the member keys of every bronze range are sampled (key column only) and
+   cut into ``n`` ranges of about equal rows: the **ordered buckets** of :mod:`pgx_impute.partition`.
 1. **shuffle** (prepare): every bronze object is read in row-group ranges sized to the budget; each
-   range's rows are ordered by ``bucket_of(mi_person_key)`` and written to one scratch file with one
-   record batch per bucket, so a member's rows from every object and both data types can be gathered.
+   range's rows are ordered by member key and written to one scratch file with one record batch per
+   bucket, so a member's rows from every object and both data types can be gathered.
 2. **buckets** (prepare): bucket ``k`` reads its batches from every shuffle file and runs
-   :func:`pgx_impute.rules.impute_bucket` — all rows of its members are present — writing sorted
-   fragments per output object (silver partition, quarantine, profiles of a year) to scratch.
-3. **assembly** (the entities): each output object is a streaming k-way merge of its fragments
-   (:mod:`pgx_impute.merge`), staged and promoted by the core like any other output.
+   :func:`pgx_impute.rules.impute_bucket` — all rows of its members are present — writing its piece
+   of every output object (silver partition, quarantine, profiles of a year), sorted, to a few
+   scratch files (one per schema).
+3. **assembly** (the entities): each output object is its buckets' pieces in bucket order. Buckets
+   are key ranges, so the pieces follow each other in output order and are streamed one after the
+   other; only rows whose raw key sorts out of bucket order (padded or empty keys), kept apart by
+   every bucket, are merged in (:func:`chains`, :mod:`pgx_impute.merge`). Staged and promoted by the
+   core like any other output.
 
 The bucket count is sized from the bronze row groups' uncompressed bytes so that one bucket fits
 ``memoryBudgetMb``; the output bytes do not depend on it (fixed row groups, total sort orders).
@@ -18,12 +24,14 @@ Scratch lives under the run's staging prefix and is removed with it.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
+import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any
 
@@ -38,8 +46,8 @@ from pgx_core.log import get_logger
 from pgx_core.parquet import MB, ROW_GROUP_ROWS, FixedRowGroupWriter
 from pgx_core.stage import Entity, EntityResult, Output, RunInfo, Stage, WorkContext
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
-from pgx_impute import rules
-from pgx_impute.merge import merge_sorted
+from pgx_impute import partition, rules
+from pgx_impute.merge import merge_sorted, sort_key
 from pgx_impute.params import ImputeParams
 
 log = get_logger(__name__)
@@ -47,27 +55,42 @@ QUARANTINE = "quarantine"
 DEMOGRAPHICS = "demographics"
 SILVER_SORT = rules.SORT_KEYS
 PROFILE_SORT = ("mi_person_key", "data_type")
-# Scratch (shuffle files, fragments) is Arrow IPC with LZ4-compressed buffers: written once and read
-# once by pgx itself, it needs no encoding. Measured on 1 M rows, Parquet scratch cost 13 s of a
-# 45 s single-process impute (3.7 s shuffle writes, 6.7 s fragment writes, 2.6 s fragment reads).
-SCRATCH_IPC = pa.ipc.IpcWriteOptions(compression="lz4")
-# Assembly merges one fragment per bucket and holds one batch of each, plus the round being
-# sorted: ~MERGE_FACTOR x buckets x batch bytes. Fragments are written in batches sized so that this
-# fits the budget whatever the bucket count (which grows with the input). The floor of
-# MIN_MERGE_BATCH_ROWS makes that hold up to budget / (3 x 64 x row bytes) buckets: ~1,000 at
-# 256 MB and ~16,000 at 4 GB for 1.4 KB silver rows; past that a two-level merge would be needed.
+KEY_COLUMN = "mi_person_key"
+# Scratch (shuffle files, pieces) is Arrow IPC: written once and read once by pgx itself, it needs
+# no encoding (measured on 1 M rows, Parquet scratch cost 13 s of a 45 s single-process impute).
+# Its buffers are LZ4-compressed only on a remote store, where bytes cost network time: LZ4 costs
+# ~1.5 ms to write and ~0.5 ms to read a small batch of 115 columns (0.2 and 0.03 ms plain), which
+# dominated impute with hundreds of buckets on a local disk.
+_SCRATCH_IPC = {True: pa.ipc.IpcWriteOptions(compression="lz4"), False: pa.ipc.IpcWriteOptions()}
+
+
+def _scratch_ipc(store: ObjectStore) -> pa.ipc.IpcWriteOptions:
+    return _SCRATCH_IPC[store.remote]
+
+
+# Assembly holds one batch per chain of pieces plus the round being sorted: ~MERGE_FACTOR x chains x
+# batch bytes. In-order pieces form one chain whatever the bucket count and get half the budget;
+# out-of-order pieces (rare: padded keys) may form a chain each and share the other half.
 MERGE_FACTOR = 3
 MAX_MERGE_BATCH_ROWS = ROW_GROUP_ROWS // 8
 MIN_MERGE_BATCH_ROWS = 64
 
 
-def merge_batch_rows(memory_budget_mb: int, n_buckets: int, row_bytes: float) -> int:
-    """Rows per fragment batch so that merging ``n_buckets`` fragments fits ``memory_budget_mb``."""
-    fit = int(memory_budget_mb * MB / (MERGE_FACTOR * max(n_buckets, 1) * max(row_bytes, 1.0)))
+def merge_batch_rows(memory_budget_mb: int, n_sources: int, row_bytes: float) -> int:
+    """Rows per piece batch so that merging ``n_sources`` chains of them fits ``memory_budget_mb``."""
+    fit = int(memory_budget_mb * MB / (MERGE_FACTOR * max(n_sources, 1) * max(row_bytes, 1.0)))
     return max(MIN_MERGE_BATCH_ROWS, min(MAX_MERGE_BATCH_ROWS, fit))
 
 
 # --- work items (module-level functions: they run on executor workers) ---------------------------
+
+
+@dataclass(frozen=True)
+class SampleItem:
+    run: RunInfo
+    uri: str
+    row_groups: tuple[int, ...]
+    quota: int
 
 
 @dataclass(frozen=True)
@@ -76,7 +99,20 @@ class ShuffleItem:
     data_type: str
     uri: str
     row_groups: tuple[int, ...]
-    n_buckets: int
+    cuts_uri: str  # the bucket cuts (JSON list of member keys); n buckets = len + 1
+    out_uri: str
+    stride: int = 1  # >1: batches of `stride` consecutive buckets (a two-level shuffle's first level)
+
+
+@dataclass(frozen=True)
+class GatherItem:
+    """The second level of a two-level shuffle: one group of buckets from a few first-level files."""
+
+    run: RunInfo
+    data_type: str
+    buckets: tuple[int, int]  # first and end (exclusive) bucket of the group
+    sources: tuple[tuple[str, int], ...]  # (first-level file uri, record batch of this group)
+    cuts_uri: str
     out_uri: str
 
 
@@ -91,36 +127,81 @@ class BucketItem:
     scratch: str
 
 
+BucketSources = dict[int, list[tuple[str, str, int]]]  # bucket -> [(data_type, scratch file, batch)]
+
+
 def _store(config: StoreConfig, uri: str) -> ObjectStore:
     return open_store(uri, config)
 
 
+def sample_keys(item: SampleItem) -> tuple[list[str], int]:
+    """Evenly spaced member keys of one bronze range (its key column only), and its row count."""
+    store = _store(item.run.store_config, item.uri)
+    with store.open_input(item.uri) as f:
+        keys = pq.ParquetFile(f).read_row_groups(list(item.row_groups), columns=[KEY_COLUMN])[KEY_COLUMN]
+    return partition.sample(partition.member_keys(keys), item.quota), len(keys)
+
+
+@lru_cache(maxsize=4)
+def _cuts(config: StoreConfig, uri: str) -> tuple[str, ...]:
+    """The bucket cuts, read once per worker process."""
+    return tuple(json.loads(_store(config, uri).read_bytes(uri)))
+
+
 def shuffle(item: ShuffleItem) -> dict[str, Any]:
-    """Order one range of a bronze object by bucket; one record batch per bucket. Returns the index."""
+    """Order one range of a bronze object by member key; one record batch per bucket. Returns the index."""
     failpoints.hit("impute_shuffle")
     store = _store(item.run.store_config, item.uri)
     with store.open_input(item.uri) as f:
         table = pq.ParquetFile(f).read_row_groups(list(item.row_groups))
-    buckets = rules.bucket_of(table["mi_person_key"], item.n_buckets)
-    order = pc.sort_indices(
-        pa.table({"b": buckets, "i": pa.array(range(table.num_rows), pa.int64())}),
-        sort_keys=[("b", "ascending"), ("i", "ascending")],
-    )
+    keys = partition.member_keys(table[KEY_COLUMN])
+    order = pc.sort_indices(keys)  # stable: rows of one member keep their bronze order
     table = table.take(order).combine_chunks()
-    buckets = buckets.take(order)
-    index: list[tuple[int, int]] = []  # (bucket, record batch of the shuffle file)
-    with store.open_output(item.out_uri) as sink, pa.ipc.new_file(sink, table.schema, options=SCRATCH_IPC) as writer:
-        offset = 0
-        for entry in sorted(pc.value_counts(buckets).to_pylist(), key=lambda e: e["values"]):
-            n = int(entry["counts"])
-            writer.write_batch(table.slice(offset, n).to_batches()[0])  # one chunk: one batch
-            index.append((int(entry["values"]), len(index)))
-            offset += n
+    cuts = _cuts(item.run.store_config, item.cuts_uri)[item.stride - 1 :: item.stride]
+    bounds = partition.bucket_bounds(keys.take(order), cuts)
+    parts = {b: [table.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b]))] for b in range(len(bounds) - 1)}
+    index = _write_batches(store, item.out_uri, table.schema, parts)
     return {"uri": item.out_uri, "data_type": item.data_type, "rows": table.num_rows, "index": index}
 
 
+def gather(item: GatherItem) -> dict[str, Any]:
+    """Split one group's batches (each sorted by member key) from a few first-level files into one
+    batch per bucket of the group. Returns the index, as :func:`shuffle` does."""
+    store = _store(item.run.store_config, item.out_uri)
+    cuts = _cuts(item.run.store_config, item.cuts_uri)
+    first, end = item.buckets
+    parts: dict[int, list[pa.Table]] = {b: [] for b in range(first, end)}
+    schema = None
+    rows = 0
+    for uri, batch in item.sources:
+        with store.open_input(uri) as f:
+            table = pa.Table.from_batches([pa.ipc.open_file(f).get_batch(batch)])
+        schema, rows = table.schema, rows + table.num_rows
+        bounds = partition.bucket_bounds(partition.member_keys(table[KEY_COLUMN]), cuts)
+        for b in range(first, end):
+            parts[b].append(table.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b])))
+    assert schema is not None, "a gather item has at least one source"
+    index = _write_batches(store, item.out_uri, schema, parts)
+    return {"uri": item.out_uri, "data_type": item.data_type, "rows": rows, "index": index}
+
+
+def _write_batches(
+    store: ObjectStore, uri: str, schema: pa.Schema, parts: dict[int, list[pa.Table]]
+) -> list[tuple[int, int]]:
+    """One scratch file with one record batch per bucket that has rows: ``(bucket, batch)`` pairs."""
+    index: list[tuple[int, int]] = []
+    options = _scratch_ipc(store)
+    with store.open_output(uri) as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
+        for bucket, tables in sorted(parts.items()):
+            table = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
+            if table.num_rows:
+                writer.write_batch(table.to_batches()[0])  # one chunk: one batch
+                index.append((bucket, len(index)))
+    return index
+
+
 def impute_one_bucket(item: BucketItem) -> dict[str, Any]:
-    """Run the rules on all rows of one bucket's members; write sorted fragments per output object."""
+    """Run the rules on all rows of one bucket's members; write its sorted piece of every output."""
     store = _store(item.run.store_config, item.scratch)
     by_type: dict[str, list[pa.Table]] = {dt: [] for dt in DATA_TYPES}
     for data_type, uri, batch in item.sources:
@@ -130,33 +211,115 @@ def impute_one_bucket(item: BucketItem) -> dict[str, Any]:
     del by_type
     res = rules.impute_bucket(bronze, item.years, item.lookahead_years)
     del bronze
-    fragments: dict[str, tuple[str, int]] = {}
-
-    def put(key: str, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        uri = paths.join(item.scratch, "frag", key, f"b{item.bucket:06d}.arrow")
-        with store.open_output(uri) as sink, pa.ipc.new_file(sink, table.schema, options=SCRATCH_IPC) as writer:
-            rows = merge_batch_rows(item.run.memory_budget_mb, item.n_buckets, table.nbytes / table.num_rows)
-            writer.write_table(table, max_chunksize=rows)
-        fragments[key] = (uri, table.num_rows)
-
-    for dt in DATA_TYPES:
-        for band, year, rows in rules.silver_partitions(res.silver[dt]):
-            put(_partition_key(dt, band, year), rows)
-        put(f"{dt}__{QUARANTINE}", res.quarantine[dt])
-    for year in item.years:
-        profiles = res.profiles.filter(pc.equal(res.profiles["event_year"], year)).drop_columns(["event_year"])
-        put(f"{DEMOGRAPHICS}__event_year={year}", profiles)
+    with contextlib.ExitStack() as stack:
+        pieces = _Pieces(item, store, stack)
+        for dt in DATA_TYPES:
+            groups, offset = [], 0
+            body = res.silver[dt].drop_columns(["event_year", "age_band"])
+            for band, year, rows in rules.silver_partitions(res.silver[dt]):
+                groups.append((_partition_key(dt, band, year), offset, rows.num_rows))
+                offset += rows.num_rows
+            pieces.put(dt, body, groups, SILVER_SORT)
+            quarantine, output = res.quarantine[dt], f"{dt}__{QUARANTINE}"
+            pieces.put(output, quarantine, [(output, 0, quarantine.num_rows)], SILVER_SORT)
+        for year in item.years:
+            profiles = res.profiles.filter(pc.equal(res.profiles["event_year"], year)).drop_columns(["event_year"])
+            key = f"{DEMOGRAPHICS}__event_year={year}"
+            pieces.put(DEMOGRAPHICS, profiles, [(key, 0, profiles.num_rows)], PROFILE_SORT)
     return {
         "bucket": item.bucket,
-        "fragments": fragments,
+        "pieces": pieces.index,
         "rows_in": res.rows_in,
         "silver": {dt: res.rows_out(dt) for dt in DATA_TYPES},
         "quarantined": {dt: res.rows_quarantined(dt) for dt in DATA_TYPES},
         "out_of_scope": res.out_of_scope,
         "stats": res.stats,
     }
+
+
+class _Pieces:
+    """A bucket's pieces of the outputs, written as batch runs into one scratch file per schema
+    (``kind``), and their index: per output, where each piece lies and its first and last sort key."""
+
+    def __init__(self, item: BucketItem, store: ObjectStore, stack: contextlib.ExitStack) -> None:
+        self.item, self.store, self.stack = item, store, stack
+        self.writers: dict[str, tuple[str, Any]] = {}  # kind -> (uri, IPC writer)
+        self.batches: dict[str, int] = {}
+        self.index: dict[str, list[dict[str, Any]]] = {}
+
+    def _writer(self, kind: str, schema: pa.Schema) -> tuple[str, Any]:
+        if kind not in self.writers:
+            uri = paths.join(self.item.scratch, "pieces", kind, f"b{self.item.bucket:06d}.arrow")
+            sink = self.stack.enter_context(self.store.open_output(uri))
+            options = _scratch_ipc(self.store)
+            self.writers[kind] = uri, self.stack.enter_context(pa.ipc.new_file(sink, schema, options=options))
+            self.batches[kind] = 0
+        return self.writers[kind]
+
+    def put(self, kind: str, table: pa.Table, groups: Sequence[tuple[str, int, int]], sort: Sequence[str]) -> None:
+        """Write the pieces of ``table`` (sorted; rows ``offset:offset+n`` of each group ``(output,
+        offset, n)`` belong to that output). Keys and order marks are computed once for the table:
+        a piece costs a slice and a batch write, whatever its size."""
+        if table.num_rows == 0:
+            return
+        mask = partition.in_order(table[KEY_COLUMN])
+        ordered = bool(pc.all(mask).as_py())
+        keys = sort_key(table, sort)
+        row_bytes = table.nbytes / table.num_rows
+        for output, offset, n in groups:
+            part, part_keys = table.slice(offset, n), keys.slice(offset, n)
+            if ordered:
+                self._write(output, kind, part, part_keys, in_order=True, row_bytes=row_bytes)
+                continue
+            # Rows whose raw key sorts out of bucket order go apart, so that the rest stays a chain.
+            part_mask = mask.slice(offset, n)
+            for in_order, m in ((True, part_mask), (False, pc.invert(part_mask))):
+                self._write(output, kind, part.filter(m), part_keys.filter(m), in_order=in_order, row_bytes=row_bytes)
+
+    def _write(
+        self, output: str, kind: str, part: pa.Table, keys: pa.Array, *, in_order: bool, row_bytes: float
+    ) -> None:
+        if part.num_rows == 0:
+            return
+        uri, writer = self._writer(kind, part.schema)
+        # An out-of-order piece may be merged with one from every bucket: smaller batches.
+        sources = 2 if in_order else 2 * self.item.n_buckets
+        rows = merge_batch_rows(self.item.run.memory_budget_mb, sources, row_bytes)
+        first = self.batches[kind]
+        for batch in part.to_batches(max_chunksize=rows):
+            writer.write_batch(batch)
+            self.batches[kind] += 1
+        self.index.setdefault(output, []).append(
+            {"uri": uri, "batch": first, "batches": self.batches[kind] - first, "rows": part.num_rows,
+             "first": keys[0].as_py().decode(), "last": keys[len(keys) - 1].as_py().decode(),
+             "bucket": self.item.bucket}
+        )  # fmt: skip
+
+
+def chains(pieces: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The pieces of one output grouped into chains: in each chain every piece's keys all come after
+    the previous piece's, so a chain reads in output order one piece after the other. Pieces taken
+    by first key, each into the first chain it extends (fewest chains for intervals: ordered buckets
+    give one chain, plus one per overlapping out-of-order piece)."""
+    out: list[list[dict[str, Any]]] = []
+    for piece in sorted(pieces, key=lambda p: (p["first"], p["bucket"])):
+        for chain in out:
+            if chain[-1]["last"] < piece["first"]:
+                chain.append(piece)
+                break
+        else:
+            out.append([piece])
+    return out
+
+
+def shuffle_stride(ranges: int, n_buckets: int) -> int:
+    """Buckets per first-level batch: 1 (one level) unless a second level at least halves the
+    scratch reads. With a stride of ``s`` ≈ √buckets the reads are ranges x groups (gather) plus
+    buckets x ranges / s (buckets), instead of ranges x buckets."""
+    stride = math.isqrt(max(n_buckets - 1, 0)) + 1
+    groups = -(-n_buckets // stride)
+    two_level = ranges * groups + n_buckets * -(-ranges // stride) * 2  # x2: both data types' files
+    return stride if stride > 1 and 2 * two_level <= ranges * n_buckets else 1
 
 
 def _partition_key(data_type: str, band: str, year: int) -> str:
@@ -237,95 +400,168 @@ class ImputeStage(Stage[ImputeParams]):
     def _scratch(self) -> str:
         return paths.join(paths.staging_root(self.run.lake, self.run.run_id), "_scratch", "impute")
 
-    def _manifest_uri(self) -> str:
-        return paths.join(self._scratch(), "manifest.json")
+    def _manifest_uri(self, name: str) -> str:
+        return paths.join(self._scratch(), "manifest", f"{name}.json")
 
-    # -- prepare: shuffle and buckets --------------------------------------------------------
+    # -- prepare: sample, shuffle and buckets --------------------------------------------------
     def prepare(self, entities: list[Entity], fan_out: Callable[..., Iterator[Any]]) -> None:
-        objects = self.bronze_objects()
+        bronze = self._ranges(self.bronze_objects())
+        if not any(bronze.rows.values()):
+            where = " and ".join(self._input_pattern(dt) for dt in DATA_TYPES)
+            raise NoInput(f"impute's bronze input holds no rows ({where})")
+        n_buckets = self.params.buckets or rules.estimate_bucket_count(bronze.arrow_bytes, self.run.memory_budget_mb)
+        scratch = self._scratch()
+        cuts_uri = paths.join(scratch, "cuts.json")
+        cuts = self._sample_cuts(bronze, n_buckets, fan_out)
+        self.store_for(scratch).write_bytes(cuts_uri, json.dumps(cuts).encode())
+        per_bucket = self._shuffle(bronze, cuts_uri, n_buckets, fan_out)
+        pieces, totals = self._impute_buckets(per_bucket, n_buckets, fan_out)
+        for dt in DATA_TYPES:
+            counts = totals["counts"]
+            accounted = counts["silver"][dt] + counts["quarantined"][dt] + counts["out_of_scope"][dt]
+            if counts["rows_in"][dt] != bronze.rows[dt] or accounted != bronze.rows[dt]:
+                raise ConservationError(
+                    f"impute {dt}: bronze rows {bronze.rows[dt]} != silver {counts['silver'][dt]} + quarantined "
+                    f"{counts['quarantined'][dt]} + out of scope {counts['out_of_scope'][dt]}"
+                )
+        store = self.store_for(scratch)
+        store.write_bytes(self._manifest_uri("_totals"), json.dumps({"buckets": n_buckets, **totals}).encode())
+        for entity in entities:  # one small index per output: an entity reads only its own
+            index = sorted(pieces.get(entity.id, []), key=lambda p: (p["bucket"], p["first"]))
+            store.write_bytes(self._manifest_uri(entity.id), json.dumps(index).encode())
+        self._with_rows = frozenset(pieces)
+
+    def _ranges(self, objects: list[tuple[str, str, int, str]]) -> _Bronze:
+        """Row-group ranges of every bronze object: shuffle ranges of ~1/4 of the budget in Arrow
+        bytes (the range, its ordered copy and the writer), sample ranges of ~1/8 of it in key bytes."""
         budget = self.run.memory_budget_mb * MB
-        ranges: list[tuple[str, str, list[int]]] = []
-        total_bytes = 0
-        total_rows = dict.fromkeys(DATA_TYPES, 0)
+        bronze = _Bronze()
         for dt, uri, _size, _etag in objects:
             with self.store_for(uri).open_input(uri) as f:
                 pf = pq.ParquetFile(f)
                 meta = pf.metadata
                 # Parquet sizes say little about memory (dictionary-encoded sizes were 8-14x below
                 # Arrow's on sample data): measure Arrow bytes per row on the first row group.
-                row_bytes = pf.read_row_group(0).nbytes / max(meta.row_group(0).num_rows, 1) if meta.num_rows else 0
-            total_rows[dt] += meta.num_rows
-            # Shuffle ranges of ~1/4 of the budget: the range, its bucket-ordered copy and the writer.
-            current: list[int] = []
-            acc = 0
+                first = pf.read_row_group(0) if meta.num_rows else None
+            bronze.rows[dt] += meta.num_rows
+            if first is None:
+                continue
+            row_bytes = first.nbytes / max(first.num_rows, 1)
+            key_bytes = first[KEY_COLUMN].nbytes / max(first.num_rows, 1) * 4  # sorting and sampling
+            shuffle, sample = _Packer(budget // 4), _Packer(budget // 8)
             for i in range(meta.num_row_groups):
-                size = int(meta.row_group(i).num_rows * row_bytes)
-                total_bytes += size
-                if current and acc + size > budget // 4:
-                    ranges.append((dt, uri, current))
-                    current, acc = [], 0
-                current.append(i)
-                acc += size
-            if current:
-                ranges.append((dt, uri, current))
-        if not any(total_rows.values()):
-            where = " and ".join(self._input_pattern(dt) for dt in DATA_TYPES)
-            raise NoInput(f"impute's bronze input holds no rows ({where})")
-        n_buckets = self.params.buckets or rules.estimate_bucket_count(total_bytes, self.run.memory_budget_mb)
-        scratch = self._scratch()
+                n = meta.row_group(i).num_rows
+                bronze.arrow_bytes += int(n * row_bytes)
+                for packer, size in ((shuffle, n * row_bytes), (sample, n * key_bytes)):
+                    packer.add(i, n, size)
+            bronze.shuffle += [(dt, uri, rgs, n) for rgs, n in shuffle.done()]
+            bronze.sample += [(dt, uri, rgs, n) for rgs, n in sample.done()]
+        return bronze
+
+    def _sample_cuts(self, bronze: _Bronze, n_buckets: int, fan_out: Callable[..., Iterator[Any]]) -> list[str]:
+        if n_buckets <= 1:
+            return []
+        total = sum(bronze.rows.values())
         items = [
-            ShuffleItem(self.run, dt, uri, tuple(rgs), n_buckets, paths.join(scratch, "shuffle", f"s{i:06d}.arrow"))
-            for i, (dt, uri, rgs) in enumerate(ranges)
+            SampleItem(self.run, uri, tuple(rgs), partition.quota(rows, total, n_buckets))
+            for _dt, uri, rgs, rows in bronze.sample
         ]
-        per_bucket: dict[int, list[tuple[str, str, int]]] = {b: [] for b in range(n_buckets)}
-        shuffled = dict.fromkeys(DATA_TYPES, 0)
         started = time.monotonic()
-        for done in fan_out(shuffle, items):
-            shuffled[done["data_type"]] += done["rows"]
-            for bucket, batch in done["index"]:
-                per_bucket[bucket].append((done["data_type"], done["uri"], batch))
-        if shuffled != total_rows:  # never trust a count we did not make ourselves
-            raise ConservationError(f"impute shuffle moved {shuffled} rows, bronze holds {total_rows}")
-        log.info("impute shuffle done", extra={"event": "impute_shuffled", "rows": sum(shuffled.values()),
-                                               "ranges": len(items), "buckets": n_buckets,
-                                               "duration_sec": round(time.monotonic() - started, 3)})
+        samples = list(fan_out(sample_keys, items))
+        cuts = partition.split_points(samples, n_buckets)
+        log.info(
+            "impute sample done",
+            extra={
+                "event": "impute_sampled",
+                "ranges": len(items),
+                "buckets": n_buckets,
+                "keys": sum(len(k) for k, _ in samples),
+                "duration_sec": round(time.monotonic() - started, 3),
+            },
+        )
+        return cuts
+
+    def _shuffle(
+        self, bronze: _Bronze, cuts_uri: str, n_buckets: int, fan_out: Callable[..., Iterator[Any]]
+    ) -> BucketSources:
+        """Bucket ``b``'s batches: ``(data_type, scratch file, batch)``. One level: every range
+        writes a batch per bucket, which each bucket then reads from every range (ranges x
+        buckets reads). Two levels when that is many: ranges write a batch per group of ``stride``
+        buckets, gather items regroup those per bucket, and a bucket reads only its group's files."""
+        scratch = self._scratch()
+        stride = shuffle_stride(len(bronze.shuffle), n_buckets)
+        items = [
+            ShuffleItem(self.run, dt, uri, tuple(rgs), cuts_uri, paths.join(scratch, "shuffle", f"s{i:06d}.arrow"),
+                        stride)
+            for i, (dt, uri, rgs, _rows) in enumerate(bronze.shuffle)
+        ]  # fmt: skip
         started = time.monotonic()
-        bucket_items = [
-            BucketItem(
-                self.run, b, n_buckets, tuple(sorted(srcs)), self.run.years, self.params.lookahead_years, scratch
-            )
+        per_bucket = self._collect(fan_out(shuffle, items), bronze.rows, "shuffle")
+        if stride > 1:
+            gathers = []
+            for group, sources in sorted(per_bucket.items()):
+                buckets = (group * stride, min(n_buckets, (group + 1) * stride))
+                for dt in DATA_TYPES:
+                    mine = [(uri, batch) for d, uri, batch in sources if d == dt]
+                    for i in range(0, len(mine), stride):
+                        out = paths.join(scratch, "gather", f"g{group:06d}-{dt}-{i // stride:06d}.arrow")
+                        gathers.append(GatherItem(self.run, dt, buckets, tuple(mine[i : i + stride]), cuts_uri, out))
+            per_bucket = self._collect(fan_out(gather, gathers), bronze.rows, "gather")
+        log.info(
+            "impute shuffle done",
+            extra={
+                "event": "impute_shuffled",
+                "rows": sum(bronze.rows.values()),
+                "ranges": len(items),
+                "stride": stride,
+                "buckets": len(per_bucket),
+                "duration_sec": round(time.monotonic() - started, 3),
+            },
+        )
+        return per_bucket
+
+    @staticmethod
+    def _collect(done: Iterator[dict[str, Any]], rows: dict[str, int], what: str) -> BucketSources:
+        per_bucket: BucketSources = {}
+        moved = dict.fromkeys(DATA_TYPES, 0)
+        for res in done:
+            moved[res["data_type"]] += res["rows"]
+            for bucket, batch in res["index"]:
+                per_bucket.setdefault(bucket, []).append((res["data_type"], res["uri"], batch))
+        if moved != rows:  # never trust a count we did not make ourselves
+            raise ConservationError(f"impute {what} moved {moved} rows, bronze holds {rows}")
+        return per_bucket
+
+    def _impute_buckets(
+        self, per_bucket: BucketSources, n_buckets: int, fan_out: Callable[..., Iterator[Any]]
+    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+        items = [
+            BucketItem(self.run, b, n_buckets, tuple(sorted(srcs)), self.run.years, self.params.lookahead_years,
+                       self._scratch())
             for b, srcs in sorted(per_bucket.items())
-            if srcs
-        ]
-        fragments: dict[str, list[tuple[str, int]]] = {}
-        totals: dict[str, dict[str, int]] = {dt: {} for dt in DATA_TYPES}
+        ]  # fmt: skip
+        pieces: dict[str, list[dict[str, Any]]] = {}
+        stats: dict[str, dict[str, int]] = {dt: {} for dt in DATA_TYPES}
         counts = {k: dict.fromkeys(DATA_TYPES, 0) for k in ("rows_in", "silver", "quarantined", "out_of_scope")}
-        for res in fan_out(impute_one_bucket, bucket_items):
-            for key, (uri, rows) in res["fragments"].items():
-                fragments.setdefault(key, []).append((uri, rows))
+        started = time.monotonic()
+        for res in fan_out(impute_one_bucket, items):
+            for key, ps in res["pieces"].items():
+                pieces.setdefault(key, []).extend(ps)
             for dt in DATA_TYPES:
                 for k, per_type in counts.items():
                     per_type[dt] += res[k][dt]
                 for name, n in res["stats"][dt].items():
-                    totals[dt][name] = totals[dt].get(name, 0) + n
-        for dt in DATA_TYPES:
-            accounted = counts["silver"][dt] + counts["quarantined"][dt] + counts["out_of_scope"][dt]
-            if counts["rows_in"][dt] != total_rows[dt] or accounted != total_rows[dt]:
-                raise ConservationError(
-                    f"impute {dt}: bronze rows {total_rows[dt]} != silver {counts['silver'][dt]} + quarantined "
-                    f"{counts['quarantined'][dt]} + out of scope {counts['out_of_scope'][dt]}"
-                )
-        log.info("impute buckets done", extra={"event": "impute_bucketed", "buckets": len(bucket_items),
-                                               "fragments": sum(len(v) for v in fragments.values()),
-                                               "duration_sec": round(time.monotonic() - started, 3)})
-        manifest = {
-            "buckets": n_buckets,
-            "fragments": {k: sorted(v) for k, v in sorted(fragments.items())},
-            "counts": counts,
-            "stats": totals,
-        }
-        self.store_for(scratch).write_bytes(self._manifest_uri(), json.dumps(manifest).encode())
-        self._with_rows = frozenset(fragments)
+                    stats[dt][name] = stats[dt].get(name, 0) + n
+        log.info(
+            "impute buckets done",
+            extra={
+                "event": "impute_bucketed",
+                "buckets": len(items),
+                "pieces": sum(len(v) for v in pieces.values()),
+                "duration_sec": round(time.monotonic() - started, 3),
+            },
+        )
+        return pieces, {"counts": counts, "stats": stats}
 
     def has_input(self, entity: Entity) -> bool:
         """Whether the shuffle gave ``entity`` rows (its output will hold some)."""
@@ -340,54 +576,57 @@ class ImputeStage(Stage[ImputeParams]):
             return paths.silver_quarantine_object(self.run.lake, payload["data_type"])
         return paths.demographics_object(self.run.lake, payload["year"])
 
+    def _result(self, entity: Entity, rows: int, store: ObjectStore) -> EntityResult:
+        """The entity's counts. The quarantine entity also carries its data type's rows that do not
+        reach silver, so that the summary's totals add up: bronze = silver + quarantined + out of scope."""
+        payload = entity.payload
+        if payload["kind"] == "silver":
+            return EntityResult(rows_in=rows, rows_out=rows)
+        if payload["kind"] != QUARANTINE:
+            return EntityResult(stats={"profiles": rows})
+        totals = json.loads(store.read_bytes(self._manifest_uri("_totals")))
+        dt, counts = payload["data_type"], totals["counts"]
+        stats = dict(totals["stats"][dt])
+        stats[f"rows.{dt}.bronze"] = counts["rows_in"][dt]
+        stats[f"rows.{dt}.silver"] = counts["silver"][dt]
+        return EntityResult(
+            rows_in=counts["quarantined"][dt] + counts["out_of_scope"][dt],
+            rows_out=0,
+            rows_quarantined=counts["quarantined"][dt],
+            rows_out_of_scope=counts["out_of_scope"][dt],
+            stats=stats,
+        )
+
     def process(self, entity: Entity, ctx: WorkContext) -> EntityResult:
         store = ctx.store()
-        manifest_uri = self._manifest_uri()
-        info = store.head(manifest_uri)  # a missing manifest fails in the read, as any missing object
-        manifest = _read_manifest(self.run.store_config, manifest_uri, info.etag if info else "")
-        payload = entity.payload
-        final = self._final(payload)
-        frags = [(uri, rows) for uri, rows in manifest["fragments"].get(entity.id, [])]
-        rows = sum(r for _, r in frags)
-        result = EntityResult()
-        if payload["kind"] == QUARANTINE:
-            dt = payload["data_type"]
-            counts = manifest["counts"]
-            stats = dict(manifest["stats"][dt])
-            stats[f"rows.{dt}.bronze"] = counts["rows_in"][dt]
-            stats[f"rows.{dt}.silver"] = counts["silver"][dt]
-            # This entity carries its data type's rows that do not reach silver, so that the
-            # summary's totals add up: bronze rows = silver + quarantined + out of scope.
-            result = EntityResult(
-                rows_in=counts["quarantined"][dt] + counts["out_of_scope"][dt],
-                rows_out=0,
-                rows_quarantined=counts["quarantined"][dt],
-                rows_out_of_scope=counts["out_of_scope"][dt],
-                stats=stats,
-            )
-        elif payload["kind"] == "silver":
-            result = EntityResult(rows_in=rows, rows_out=rows)
-        else:
-            result = EntityResult(stats={"profiles": rows})
-        if not frags:
+        pieces: list[dict[str, Any]] = json.loads(store.read_bytes(self._manifest_uri(entity.id)))
+        rows = sum(p["rows"] for p in pieces)
+        final = self._final(entity.payload)
+        result = self._result(entity, rows, store)
+        if not pieces:
             if store.exists(final):
                 result.deletes.append(final)  # no rows any more: the old object must not stay live
             return result
-        sort = PROFILE_SORT if payload["kind"] == DEMOGRAPHICS else SILVER_SORT
-        schema = self.output_schema(Output(final, rows, kind=payload["kind"]))
-        staged = ctx.staging_uri(final)
-        with ctx.open_output(staged) as sink:
+        kind = entity.payload["kind"]
+        schema = self.output_schema(Output(final, rows, kind=kind))
+        with ctx.open_output(ctx.staging_uri(final)) as sink:
             writer = FixedRowGroupWriter(sink, schema)
 
             def emit(table: pa.Table) -> None:
-                writer.write(table.cast(schema))
+                writer.write(table if table.schema == schema else table.cast(schema))
                 ctx.heartbeat()
 
-            merge_sorted([partial(_batches, store, uri) for uri, _ in frags], sort, emit)
+            groups = chains(pieces)
+            if len(groups) == 1:  # ordered buckets: the pieces follow each other in output order
+                for batch, _more in _chain_batches(store, groups[0]):
+                    emit(pa.Table.from_batches([batch]))
+            else:
+                sort = PROFILE_SORT if kind == DEMOGRAPHICS else SILVER_SORT
+                merge_sorted([partial(_chain_batches, store, c) for c in groups], sort, emit)
             writer.close()
         if writer.rows != rows:
-            raise ConservationError(f"impute assembly of {entity.id}: wrote {writer.rows} rows, fragments hold {rows}")
-        result.outputs.append(Output(final, rows, kind=payload["kind"]))
+            raise ConservationError(f"impute assembly of {entity.id}: wrote {writer.rows} rows, pieces hold {rows}")
+        result.outputs.append(Output(final, rows, kind=kind))
         return result
 
     def output_schema(self, output: Output) -> pa.Schema:
@@ -397,22 +636,50 @@ class ImputeStage(Stage[ImputeParams]):
         return quarantine_schema(dt) if output.kind == QUARANTINE else silver_schema(dt)
 
 
-@lru_cache(maxsize=2)
-def _read_manifest(config: StoreConfig, uri: str, etag: str) -> dict[str, Any]:
-    """The bucket manifest, parsed once per worker process and version (it lists every fragment of
-    every output, so re-parsing it for each of ~100 entities grows with the bucket count).
-    Callers must not mutate it."""
-    manifest: dict[str, Any] = json.loads(_store(config, uri).read_bytes(uri))
-    return manifest
+def _chain_batches(store: ObjectStore, chain: Sequence[dict[str, Any]]) -> Iterator[tuple[pa.RecordBatch, bool]]:
+    """The batches of a chain of pieces, in order, each with whether more follow."""
+    for n, piece in enumerate(chain):
+        with store.open_input(piece["uri"]) as f:
+            reader = pa.ipc.open_file(f)
+            first, count = piece["batch"], piece["batches"]
+            for i in range(first, first + count):
+                yield reader.get_batch(i), n + 1 < len(chain) or i + 1 < first + count
 
 
-def _batches(store: ObjectStore, uri: str) -> Iterator[tuple[pa.RecordBatch, bool]]:
-    """A fragment's batches, each with whether more follow (the merge needs no look-ahead)."""
-    with store.open_input(uri) as f:
-        reader = pa.ipc.open_file(f)
-        n = reader.num_record_batches
-        for i in range(n):
-            yield reader.get_batch(i), i + 1 < n
+@dataclass
+class _Bronze:
+    """Bronze as impute reads it: rows per data type, Arrow bytes, and the row-group ranges of the
+    shuffle and of the key sample, each ``(data_type, uri, row groups, rows)``."""
+
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATA_TYPES, 0))
+    arrow_bytes: int = 0
+    shuffle: list[tuple[str, str, list[int], int]] = field(default_factory=list)
+    sample: list[tuple[str, str, list[int], int]] = field(default_factory=list)
+
+
+class _Packer:
+    """Consecutive row groups packed into ranges of at most ``limit`` bytes (at least one each)."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.ranges: list[tuple[list[int], int]] = []
+        self.current: list[int] = []
+        self.rows = 0
+        self.size = 0.0
+
+    def add(self, row_group: int, rows: int, size: float) -> None:
+        if self.current and self.size + size > self.limit:
+            self.ranges.append((self.current, self.rows))
+            self.current, self.rows, self.size = [], 0, 0.0
+        self.current.append(row_group)
+        self.rows += rows
+        self.size += size
+
+    def done(self) -> list[tuple[list[int], int]]:
+        if self.current:
+            self.ranges.append((self.current, self.rows))
+            self.current = []
+        return self.ranges
 
 
 def silver_schema(data_type: str) -> pa.Schema:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -95,6 +96,81 @@ def test_bucket_counts_give_byte_identical_silver(bronze_lake: Path, tmp_path: P
         digests.append(zone_digest(lake, "silver"))
     assert digests[0] == digests[1] == digests[2]
     assert any("_quarantine" in k for k in digests[0]) and any("demographics" in k for k in digests[0])
+
+
+def pad_some_keys(lake: Path) -> int:
+    """Give every fifth bronze row a raw key with ASCII whitespace around it (same member): rows
+    that sort out of bucket order. Returns how many were padded."""
+    padded = 0
+    for path in sorted((lake / "bronze").rglob("*.parquet")):
+        if "_rejects" in str(path):
+            continue
+        table = pq.read_table(path)
+        keys = table["mi_person_key"].to_pylist()
+        pads = (" {}", "{} ", "\t{}\t", "  {}")
+        for i in range(0, len(keys), 5):
+            if keys[i] and keys[i].strip():
+                keys[i] = pads[(i // 5) % len(pads)].format(keys[i].strip())
+                padded += 1
+        index = table.schema.get_field_index("mi_person_key")
+        table = table.set_column(index, table.schema.field(index), pa.array(keys, pa.string()))
+        pq.write_table(table, path)
+    return padded
+
+
+def test_padded_keys_and_hundreds_of_buckets_give_byte_identical_silver(bronze_lake: Path, tmp_path: Path) -> None:
+    """Ordered buckets stream each output's pieces in bucket order; padded keys sort elsewhere and
+    are merged in. 1, 7 and 300 buckets (~30 rows each) must give the same bytes."""
+    digests = []
+    for n in (1, 7, 300):
+        lake = clone(bronze_lake, tmp_path / f"p{n}")
+        assert pad_some_keys(lake) > 1000
+        code, runner = run(write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": n}}], f"p{n}"))
+        assert code == 0, summary(lake, runner.run_id)["error"]
+        digests.append(zone_digest(lake, "silver"))
+    assert digests[0] == digests[1] == digests[2]
+    silver = pq.read_table(next((tmp_path / "p300" / "silver" / "imputed" / "medical").rglob("*.parquet")))
+    keys = list(zip(*(silver[c].to_pylist() for c in rules.SORT_KEYS), strict=True))
+    assert keys == sorted(keys)
+    assert any(k[0] != k[0].strip() for k in keys)  # padded keys reached silver, in raw-key order
+
+
+def test_a_two_level_shuffle_gives_the_same_silver(
+    bronze_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With many ranges and buckets the shuffle regroups in two levels; forced here (the sample
+    has few ranges), it must give the bytes of the one-level shuffle."""
+    from pgx_impute import stage
+
+    strides: list[int] = []
+    real = stage.shuffle_stride
+
+    def recorded(ranges: int, n_buckets: int) -> int:
+        strides.append(real(ranges, n_buckets))
+        return strides[-1]
+
+    def forced(ranges: int, n_buckets: int) -> int:
+        strides.append(7)
+        return 7
+
+    digests = []
+    for name, stride in (("one", recorded), ("two", forced)):
+        lake = clone(bronze_lake, tmp_path / name)
+        pad_some_keys(lake)
+        monkeypatch.setattr(stage, "shuffle_stride", stride)
+        assert run(write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 40}}], name))[0] == 0
+        digests.append(zone_digest(lake, "silver"))
+    assert strides == [1, 7]
+    assert digests[0] == digests[1]
+
+
+def test_the_shuffle_goes_two_level_when_that_halves_the_reads() -> None:
+    from pgx_impute.stage import shuffle_stride
+
+    assert shuffle_stride(24, 12) == 1  # today's 1 M rows at 256 MB: one level
+    assert shuffle_stride(2, 300) == 1  # few ranges: every bucket reads two files anyway
+    assert shuffle_stride(64, 300) == 18  # 19,200 reads become 1,152 + 2,400
+    assert shuffle_stride(2700, 2000) == 45  # 1.4 B rows at 2 GB: 5.4 M reads become ~0.36 M
 
 
 def test_silver_layout_schema_order_and_conservation(bronze_lake: Path, tmp_path: Path) -> None:
