@@ -19,5 +19,5 @@ class ImputeParams(StageParams):
         default=None,
         ge=1,
         le=1_000_000,
-        description="number of hash buckets; default: sized so one bucket fits executor.memoryBudgetMb",
+        description="number of buckets (member-key ranges); default: sized so one fits executor.memoryBudgetMb",
     )

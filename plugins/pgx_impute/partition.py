@@ -20,7 +20,6 @@ import bisect
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -86,13 +85,13 @@ def split_points(samples: Sequence[tuple[Sequence[str], int]], n_buckets: int) -
     return cuts
 
 
-def bucket_bounds(sorted_keys: pa.Array, cuts: Sequence[str]) -> np.ndarray:
+def bucket_bounds(sorted_keys: pa.Array, cuts: Sequence[str]) -> list[int]:
     """Row offsets of each bucket in ``sorted_keys`` (member keys in ascending order): bucket ``b``
     is rows ``bounds[b]:bounds[b+1]``; ``len(bounds) == len(cuts) + 2``."""
     n = len(sorted_keys)
     view = _KeyView(sorted_keys)
     inner = [bisect.bisect_left(view, cut) for cut in cuts]
-    return np.array([0, *inner, n], dtype=np.int64)
+    return [0, *inner, n]
 
 
 class _KeyView(Sequence[str]):

@@ -2,8 +2,7 @@
 
 Everything here is Arrow in, Arrow out, built from ``pyarrow.compute`` kernels, group-bys, one join
 and sorts (the project's runtime has no numpy, so none is used). Python loops only run over the six
-demographic fields, over a few distinct values (reasons, labels, partitions) or over the bytes of
-at most a handful of very long member keys in :func:`bucket_of` — never over rows.
+demographic fields or over a few distinct values (reasons, labels, partitions) — never over rows.
 
 Pipeline for one bucket (:func:`impute_bucket`)::
 
@@ -67,7 +66,6 @@ __all__ = [
     "BucketResult",
     "age_band",
     "bronze_schema",
-    "bucket_of",
     "build_profiles",
     "estimate_bucket_count",
     "impute_bucket",
@@ -121,13 +119,6 @@ _REQUIRED = (_KEY, _DATE, *DEMOGRAPHIC_COLUMNS.values(), "_source_file", "_sourc
 
 _DAYS_IN_MONTH = pa.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], pa.int32())
 
-# FNV-1a (32-bit) parameters and the murmur3 finalizer constants, see bucket_of().
-_FNV_OFFSET = 0x811C9DC5
-_FNV_PRIME = 0x01000193
-_FMIX_1 = 0x85EBCA6B
-_FMIX_2 = 0xC2B2AE35
-_PY_TAIL_ROWS = 8  # at most this many still-active long keys are finished in plain Python
-
 ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
 
 
@@ -139,10 +130,6 @@ def _arr(values: ArrayLike) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         return values.combine_chunks()
     return values
-
-
-def _u32(value: int) -> pa.Scalar:
-    return pa.scalar(value, pa.uint32())
 
 
 def _run_starts(sorted_ids: ArrayLike) -> pa.Array:
@@ -755,83 +742,6 @@ def merge_bucket_results(results: Sequence[BucketResult]) -> BucketResult:
 
 
 # --- step 8: buckets -------------------------------------------------------------------------------
-
-
-def _fnv1a32(keys: pa.Array) -> pa.Array:
-    """FNV-1a (32-bit) of every value's bytes, vectorized over byte positions.
-
-    Rows are ordered by length (longest first) so that at byte position j the rows still being
-    hashed form a prefix: each position costs O(rows still active) and the whole hash O(total bytes).
-    When only a few very long keys remain, they are finished in plain Python rather than paying one
-    round of kernel calls per byte.
-    """
-    n = len(keys)
-    lengths = pc.binary_length(keys).cast(pa.int64())
-    order = pc.array_sort_indices(lengths, order="descending").cast(pa.int64())
-    offsets = pa.Array.from_buffers(pa.int64(), n + 1, [None, keys.buffers()[1]], offset=keys.offset)
-    starts = pc.take(offsets.slice(0, n), order)
-    data_buffer = keys.buffers()[2]
-    data = pa.Array.from_buffers(pa.uint8(), data_buffer.size if data_buffer else 0, [None, data_buffer])
-    ending = {int(e["values"]): int(e["counts"]) for e in pc.value_counts(lengths).to_pylist()}
-    longest = max(ending, default=0)
-
-    h = pa.repeat(_u32(_FNV_OFFSET), n)
-    done: list[pa.Array] = []  # finished hashes, each piece sorted after the ones appended before it
-    active = n - ending.get(0, 0)
-    done.append(h.slice(active))
-    h = h.slice(0, active)
-    prime = _u32(_FNV_PRIME)
-    for j in range(longest):
-        if 0 < active <= _PY_TAIL_ROWS and longest - j > 64:
-            tail = pc.take(keys, order.slice(0, active)).to_pylist()
-            finished = []
-            for start, value in zip(h.to_pylist(), tail, strict=True):
-                state = start
-                for byte in value[j:]:
-                    state = ((state ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
-                finished.append(state)
-            done.append(pa.array(finished, pa.uint32()))
-            h = h.slice(0, 0)
-            break
-        byte = pc.take(data, pc.add(starts.slice(0, active), j)).cast(pa.uint32())
-        h = pc.multiply(pc.bit_wise_xor(h, byte), prime)
-        still = active - ending.get(j + 1, 0)
-        if still < active:
-            done.append(h.slice(still))
-            h = h.slice(0, still)
-            active = still
-    # `done` pieces were cut off the end of the active prefix, so they go in reverse order.
-    sorted_hashes = pa.concat_arrays([h, *reversed(done)])
-    return pc.scatter(sorted_hashes, order)
-
-
-def _fmix32(h: pa.Array) -> pa.Array:
-    """murmur3's finalizer: FNV-1a's low bits are weak for short numeric keys; this spreads them."""
-    h = pc.bit_wise_xor(h, pc.shift_right(h, _u32(16)))
-    h = pc.multiply(h, _u32(_FMIX_1))
-    h = pc.bit_wise_xor(h, pc.shift_right(h, _u32(13)))
-    h = pc.multiply(h, _u32(_FMIX_2))
-    return pc.bit_wise_xor(h, pc.shift_right(h, _u32(16)))
-
-
-def bucket_of(member_keys: ArrayLike, n_buckets: int) -> pa.Array:
-    """Bucket (uint32, 0 ... n_buckets-1) of each raw ``mi_person_key``, by its TRIMMED value.
-
-    hash = murmur3-fmix32(FNV-1a-32(UTF-8 bytes of the trimmed key)); bucket = hash mod n_buckets.
-    Both are published, byte-defined algorithms on unsigned 32-bit arithmetic (which wraps the same
-    everywhere), so a key lands in the same bucket on every machine, process and Python/Arrow version.
-    Python's ``hash()`` is salted per process, and Arrow's internal hashing (joins, group-bys) is not
-    a documented, stable public function, so neither is used. Empty or NULL keys (quarantined anyway)
-    all go to bucket 0.
-    """
-    if n_buckets < 1:
-        raise ValueError("n_buckets must be >= 1")
-    trimmed = _arr(pc.ascii_trim_whitespace(member_keys))
-    empty = pc.fill_null(pc.equal(pc.binary_length(trimmed), 0), True)
-    keys = pc.if_else(empty, "", trimmed).cast(pa.large_binary())
-    hashes = _fmix32(_fnv1a32(_arr(keys)))
-    buckets = pc.modulo(hashes, _u32(n_buckets))
-    return pc.if_else(empty, _u32(0), buckets).cast(pa.uint32())
 
 
 # Peak memory of impute_bucket() per byte of its input, measured with

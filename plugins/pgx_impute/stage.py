@@ -159,7 +159,7 @@ def shuffle(item: ShuffleItem) -> dict[str, Any]:
     table = table.take(order).combine_chunks()
     cuts = _cuts(item.run.store_config, item.cuts_uri)[item.stride - 1 :: item.stride]
     bounds = partition.bucket_bounds(keys.take(order), cuts)
-    parts = {b: [table.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b]))] for b in range(len(bounds) - 1)}
+    parts = {b: [table.slice(bounds[b], bounds[b + 1] - bounds[b])] for b in range(len(bounds) - 1)}
     index = _write_batches(store, item.out_uri, table.schema, parts)
     return {"uri": item.out_uri, "data_type": item.data_type, "rows": table.num_rows, "index": index}
 
@@ -179,7 +179,7 @@ def gather(item: GatherItem) -> dict[str, Any]:
         schema, rows = table.schema, rows + table.num_rows
         bounds = partition.bucket_bounds(partition.member_keys(table[KEY_COLUMN]), cuts)
         for b in range(first, end):
-            parts[b].append(table.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b])))
+            parts[b].append(table.slice(bounds[b], bounds[b + 1] - bounds[b]))
     assert schema is not None, "a gather item has at least one source"
     index = _write_batches(store, item.out_uri, schema, parts)
     return {"uri": item.out_uri, "data_type": item.data_type, "rows": rows, "index": index}

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -24,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pgx_apcd.layout import DATA_TYPES, DEMOGRAPHIC_COLUMNS, columns
-from pgx_impute import rules
+from pgx_impute import partition, rules
 
 from pgx_core.errors import ConservationError, PgxError
 
@@ -593,84 +590,6 @@ def test_conservation_error_is_a_data_error() -> None:
 
 # --- step 8: buckets -------------------------------------------------------------------------------
 
-def reference_bucket_hash(key: bytes) -> int:
-    """FNV-1a 32 then murmur3 fmix32, straight from their definitions."""
-    h = 0x811C9DC5
-    for byte in key:
-        h = ((h ^ byte) * 0x01000193) % 2**32
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) % 2**32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) % 2**32
-    return h ^ (h >> 16)
-
-
-def test_bucket_of_golden_values() -> None:
-    # Pinned: changing the hash would move members between buckets of a resumed run.
-    keys = ["1", "001", "123456789", "a", "000000000042"]
-    assert [reference_bucket_hash(k.encode()) % 1000 for k in keys] == \
-        rules.bucket_of(pa.array(keys), 1000).to_pylist()
-    assert rules.bucket_of(pa.array(keys), 2**31).to_pylist() == [1428125071, 1088623841, 1152259691,
-                                                                   444641715, 376601122]
-
-
-def test_reference_hash_uses_the_published_fnv1a_vectors() -> None:
-    def fnv1a(key: bytes) -> int:
-        h = 0x811C9DC5
-        for byte in key:
-            h = ((h ^ byte) * 0x01000193) % 2**32
-        return h
-
-    # FNV-1a 32-bit test vectors (Fowler/Noll/Vo reference test suite)
-    assert [fnv1a(k) for k in (b"", b"a", b"foobar")] == [0x811C9DC5, 0xE40C292C, 0xBF9CF968]
-    h = fnv1a(b"a")
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) % 2**32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) % 2**32
-    assert reference_bucket_hash(b"a") == h ^ (h >> 16)
-
-
-def test_bucket_of_uses_the_trimmed_key_and_sends_empty_keys_to_bucket_zero() -> None:
-    buckets = rules.bucket_of(pa.chunked_array([[" 001\t", "001"], ["", "  ", None, "1"]]), 97)
-    assert buckets.type == pa.uint32()
-    values = buckets.to_pylist()
-    assert values[0] == values[1] == reference_bucket_hash(b"001") % 97
-    assert values[2:5] == [0, 0, 0]
-    assert values[5] == reference_bucket_hash(b"1") % 97
-    assert rules.bucket_of(pa.array(["x", "y"]), 1).to_pylist() == [0, 0]
-    with pytest.raises(ValueError, match="n_buckets"):
-        rules.bucket_of(pa.array(["x"]), 0)
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.one_of(st.text(max_size=12), st.text(min_size=60, max_size=300)), max_size=60),
-       st.integers(1, 1000))
-def test_bucket_of_matches_the_reference_hash(keys: list[str], n: int) -> None:
-    expected = []
-    for key in keys:
-        trimmed = key.strip(" \t\n\x0b\x0c\r")
-        expected.append(reference_bucket_hash(trimmed.encode()) % n if trimmed else 0)
-    assert rules.bucket_of(pa.array(keys, pa.string()), n).to_pylist() == expected
-
-
-def test_bucket_of_long_keys_take_the_python_tail() -> None:
-    keys = ["k" * 5000, "j" * 3000, *(str(i) for i in range(50))]
-    expected = [reference_bucket_hash(k.encode()) % 7 for k in keys]
-    assert rules.bucket_of(pa.array(keys), 7).to_pylist() == expected
-
-
-def test_bucket_of_is_stable_across_processes() -> None:
-    code = ("import pyarrow as pa; from pgx_impute import rules; "
-            "print(rules.bucket_of(pa.array(['1', '001', 'abc', 'é', '123456789012']), 1009).to_pylist())")
-    outputs = set()
-    for seed in ("0", "12345"):
-        env = {**os.environ, "PYTHONHASHSEED": seed}
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        outputs.add(done.stdout.strip())
-    assert outputs == {str(rules.bucket_of(pa.array(["1", "001", "abc", "é", "123456789012"]), 1009).to_pylist())}
-
-
 def test_estimate_bucket_count() -> None:
     gib = 2**30
     assert rules.estimate_bucket_count(0, 2048) == 1
@@ -933,11 +852,19 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def bucketed(tables: Mapping[str, pa.Table], n: int, years: Sequence[int], lookahead: int) -> rules.BucketResult:
-    """What a stage does: shuffle by bucket_of(mi_person_key), impute each bucket, merge."""
+    """What a stage does: split the members into ordered buckets, impute each bucket, merge."""
     results = []
-    ids = {d: rules.bucket_of(t["mi_person_key"], n) for d, t in tables.items()}
-    for bucket in range(n):
-        part = {d: t.filter(pc.equal(ids[d], bucket)) for d, t in tables.items()}
+    keys = {d: partition.member_keys(t["mi_person_key"]) for d, t in tables.items()}
+    everyone = pa.concat_arrays(list(keys.values()))
+    cuts = partition.split_points([(partition.sample(everyone, 4 * n), len(everyone))], n)
+    lows = ["", *cuts]  # bucket b: lows[b] <= member key < cuts[b] (the last bucket has no upper bound)
+
+    def in_bucket(k: pa.Array, b: int) -> pa.Array:
+        above = pc.greater_equal(k, lows[b])
+        return pc.and_(above, pc.less(k, cuts[b])) if b < len(cuts) else above
+
+    for bucket in range(len(cuts) + 1):  # no rows at all: no cuts, one bucket
+        part = {d: t.filter(in_bucket(keys[d], bucket)) for d, t in tables.items()}
         if bucket == 0 or any(t.num_rows for t in part.values()):  # a stage need not run empty buckets
             results.append(rules.impute_bucket(part, years, lookahead))
     return rules.merge_bucket_results(results)
