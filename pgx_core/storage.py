@@ -219,11 +219,13 @@ class ObjectStore(abc.ABC):
         """A seekable binary reader (a pyarrow ``NativeFile`` works as a file object)."""
 
     @abc.abstractmethod
-    def open_output(self, uri: str) -> BinaryIO:
+    def open_output(self, uri: str, *, durable: bool = True) -> BinaryIO:
         """A binary writer; the object appears only when the writer is closed.
 
         Leaving a ``with`` block by an exception discards the data instead (nothing appears, the
-        previous object stays), as does dropping the writer without closing it.
+        previous object stays), as does dropping the writer without closing it. ``durable=False``
+        is for scratch a crash makes worthless anyway: a local store then does not wait for the
+        disk (fsync) before publishing.
         """
 
     @abc.abstractmethod
@@ -784,14 +786,15 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise _os_error("open_input", uri, exc) from exc
 
-    def open_output(self, uri: str) -> BinaryIO:
-        """A binary writer to a hidden temp file, renamed over ``uri`` when closed."""
+    def open_output(self, uri: str, *, durable: bool = True) -> BinaryIO:
+        """A binary writer to a hidden temp file, renamed over ``uri`` when closed (after an fsync
+        unless not ``durable``)."""
         path = self.path_of(uri)
         try:
             fd, tmp = self._create_tmp(path)
         except OSError as exc:
             raise _os_error("open_output", uri, exc) from exc
-        return cast(BinaryIO, _AtomicLocalWriter(fd, tmp, path, uri))
+        return cast(BinaryIO, _AtomicLocalWriter(fd, tmp, path, uri, durable=durable))
 
     def arrow_fs(self) -> tuple[pyarrow.fs.FileSystem, str]:
         """``(filesystem, "/")``: the local filesystem, creating parent directories on write."""
@@ -833,17 +836,18 @@ class PublishOnClose:
 class _AtomicLocalWriter(PublishOnClose, io.BufferedWriter):
     """Buffered writer to a temp file that is fsynced and renamed over the target on close."""
 
-    def __init__(self, fd: int, tmp: str, final: str, uri: str) -> None:
+    def __init__(self, fd: int, tmp: str, final: str, uri: str, *, durable: bool = True) -> None:
         super().__init__(io.FileIO(fd, "wb"), buffer_size=1 << 20)
-        self._tmp, self._final, self._uri = tmp, final, uri
+        self._tmp, self._final, self._uri, self._durable = tmp, final, uri, durable
 
     def close(self) -> None:
-        """Publish: flush, fsync, stamp a fresh mtime, rename over the target."""
+        """Publish: flush, fsync (when durable), stamp a fresh mtime, rename over the target."""
         if self.closed:
             return
         try:
             self.flush()
-            os.fsync(self.fileno())
+            if self._durable:
+                os.fsync(self.fileno())
             stamp = _fresh_mtime(_mtime_or_zero(self._final))
             os.utime(self.fileno(), ns=(stamp, stamp))
             super().close()

@@ -459,8 +459,9 @@ class S3Store(ObjectStore):
         raw = _S3RangeReader(self, info)
         return cast(BinaryIO, io.BufferedReader(raw, buffer_size=MiB))
 
-    def open_output(self, uri: str) -> BinaryIO:
-        """A writer that buffers ``upload_part_size`` parts; one PUT or CompleteMultipartUpload on close."""
+    def open_output(self, uri: str, *, durable: bool = True) -> BinaryIO:
+        """A writer that buffers ``upload_part_size`` parts; one PUT or CompleteMultipartUpload on close
+        (every S3 object is durable once it appears: ``durable`` changes nothing)."""
         bucket, key = self._bucket_key(uri)
         return cast(BinaryIO, _S3Writer(self, uri, bucket, key, self.upload_part_size))
 

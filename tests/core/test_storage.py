@@ -269,6 +269,26 @@ def test_open_output_open_input_round_trip(lake: Lake) -> None:
     _assert_clean_listing(store, root)
 
 
+def test_scratch_outputs_skip_the_fsync_yet_publish_whole(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``durable=False`` (scratch a crash makes worthless): no fsync on a local store; the object
+    still appears only when closed, with all its bytes. A durable write still fsyncs."""
+    store, root = _store(lake), lake[0]
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    uri = join_uri(root, "_staging/r/_scratch/piece.arrow")
+    with store.open_output(uri, durable=False) as f:
+        f.write(b"x" * 1000)
+        assert not store.exists(uri)
+    assert store.read_bytes(uri) == b"x" * 1000
+    scratch_syncs = len(synced)
+    with store.open_output(join_uri(root, "silver/final.parquet")) as f:
+        f.write(b"y")
+    if isinstance(store, LocalStore):
+        assert scratch_syncs == 0 and len(synced) >= 1
+    _assert_clean_listing(store, root)
+
+
 def test_open_output_discards_on_error(lake: Lake) -> None:
     store, root = _store(lake), lake[0]
     uri = join_uri(root, "gold/x.bin")

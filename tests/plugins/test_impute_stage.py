@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,39 +139,41 @@ def test_padded_keys_and_hundreds_of_buckets_give_byte_identical_silver(bronze_l
 def test_a_two_level_shuffle_gives_the_same_silver(
     bronze_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With many ranges and buckets the shuffle regroups in two levels; forced here (the sample
-    has few ranges), it must give the bytes of the one-level shuffle."""
+    """With many ranges and buckets the shuffle regroups in two levels; forced both ways here, the
+    two must give the same bytes."""
     from pgx_impute import stage
 
     strides: list[int] = []
-    real = stage.shuffle_stride
 
-    def recorded(ranges: int, n_buckets: int) -> int:
-        strides.append(real(ranges, n_buckets))
-        return strides[-1]
+    def forced(stride: int) -> Callable[..., int]:
+        def choose(*_args: object, **_kwargs: object) -> int:
+            strides.append(stride)
+            return stride
 
-    def forced(ranges: int, n_buckets: int) -> int:
-        strides.append(7)
-        return 7
+        return choose
 
     digests = []
-    for name, stride in (("one", recorded), ("two", forced)):
+    for name, stride in (("one", 1), ("two", 7)):
         lake = clone(bronze_lake, tmp_path / name)
         pad_some_keys(lake)
-        monkeypatch.setattr(stage, "shuffle_stride", stride)
+        monkeypatch.setattr(stage, "shuffle_stride", forced(stride))
         assert run(write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 40}}], name))[0] == 0
         digests.append(zone_digest(lake, "silver"))
     assert strides == [1, 7]
     assert digests[0] == digests[1]
 
 
-def test_the_shuffle_goes_two_level_when_that_halves_the_reads() -> None:
+def test_the_shuffle_goes_two_level_when_the_reads_it_saves_cost_more_than_its_extra_pass() -> None:
     from pgx_impute.stage import shuffle_stride
 
-    assert shuffle_stride(24, 12) == 1  # today's 1 M rows at 256 MB: one level
-    assert shuffle_stride(2, 300) == 1  # few ranges: every bucket reads two files anyway
-    assert shuffle_stride(64, 300) == 18  # 19,200 reads become 1,152 + 2,400
-    assert shuffle_stride(2700, 2000) == 45  # 1.4 B rows at 2 GB: 5.4 M reads become ~0.36 M
+    gib = 1 << 30
+    # 1.4 B rows (~1.4 TB of Arrow) at 2 GB: 2,700 ranges x 2,000 buckets = 5.4 M reads on S3.
+    assert shuffle_stride(2700, 2000, 1400 * gib, remote=True) == 45
+    assert shuffle_stride(2700, 2000, 1400 * gib, remote=False) == 1  # local reads are cheap
+    assert shuffle_stride(24, 12, gib) == 1  # 1 M rows at 256 MB: a few hundred reads
+    assert shuffle_stride(2, 300, gib) == 1  # few ranges: nothing to save
+    assert shuffle_stride(64, 300, gib, remote=True) == 18  # 19,200 reads become 3,488
+    assert shuffle_stride(1, 1) == 1
 
 
 def test_silver_layout_schema_order_and_conservation(bronze_lake: Path, tmp_path: Path) -> None:
