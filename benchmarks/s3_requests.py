@@ -136,7 +136,14 @@ def main() -> None:
                 results.append({"stage": stage, "seconds": seconds, "requests": counts, "run_id": run_id})
     finally:
         server.stop()
-    doc = {"rows": args.rows, "budget_mb": args.budget_mb, "stages": results}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    doc = {
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit.stdout.strip() or None,
+        "rows": args.rows,
+        "budget_mb": args.budget_mb,
+        "stages": results,
+    }
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(table(doc))
 

@@ -462,18 +462,15 @@ def test_jobsettings_defaults_are_the_values_defaults() -> None:
         extra_volumes=tuple(v["extraVolumes"]),
         extra_volume_mounts=tuple(v["extraVolumeMounts"]),
     )
-    ray_values = v["ray"]
-    assert RayClusterSettings() == RayClusterSettings(
-        worker_replicas=ray_values["workers"]["replicas"],
-        min_workers=None if ray_values["workers"]["minReplicas"] == ray_values["workers"]["replicas"] else -1,
-        max_workers=None if ray_values["workers"]["maxReplicas"] == ray_values["workers"]["replicas"] else -1,
-        worker_resources=ray_values["workers"]["resources"],
-        head_resources=ray_values["head"]["resources"],
-        shm_size_limit=ray_values["shmSizeLimit"],
-        idle_timeout_seconds=ray_values["workers"]["idleTimeoutSeconds"],
-        ttl_seconds_after_finished=ray_values["rayJob"]["ttlSecondsAfterFinished"],
-        auth_mode=ray_values["rayJob"]["authMode"],
-    )
+    ray_values, cluster = v["ray"], RayClusterSettings()
+    w = ray_values["workers"]
+    low, high = cluster.bounds
+    assert (low, cluster.worker_replicas, high) == (w["minReplicas"], w["replicas"], w["maxReplicas"])
+    assert (cluster.worker_resources, cluster.idle_timeout_seconds) == (w["resources"], w["idleTimeoutSeconds"])
+    assert cluster.head_resources == ray_values["head"]["resources"]
+    assert cluster.shm_size_limit == ray_values["shmSizeLimit"]
+    assert cluster.ttl_seconds_after_finished == ray_values["rayJob"]["ttlSecondsAfterFinished"]
+    assert cluster.auth_mode == ray_values["rayJob"]["authMode"]
 
 
 def test_chart_version_follows_pgx() -> None:
