@@ -1,7 +1,8 @@
-"""Streaming k-way merge of sorted fragments, read batch by batch.
+"""Streaming k-way merge of sorted sources (chains of pieces), read batch by batch.
 
-Used to assemble each impute output (a silver partition, a quarantine object, a year of profiles)
-from the per-bucket fragments, with memory bounded by the batch size whatever the object size.
+Used to assemble an impute output (a silver partition, a quarantine object, a year of profiles)
+when its pieces form more than one chain (rows whose raw key sorts out of bucket order), with memory
+bounded by the batch size whatever the object size.
 The order is a composite key encoded as one byte string (components joined with NUL, which the
 data cannot contain: ingest rejects C0 control characters), so a single binary comparison decides
 it; integers are zero-padded so that byte order is numeric order.
