@@ -530,6 +530,76 @@ def scaling(args: argparse.Namespace, workdir: Path, sizes: list[int], reuse: Pg
     return {"runs": [asdict(r) for r in runs], "markdown": scaling_table(runs)}
 
 
+PRODUCTION_ROWS = 1_400_000_000
+PRODUCTION_BUDGET_MB = 2048
+
+
+def _impute_spec(root: Path, name: str, budget_mb: int, buckets: int | None) -> Path:
+    import yaml
+
+    doc = {
+        "apiVersion": "pgx.io/v1alpha1",
+        "kind": "PipelineRun",
+        "metadata": {"name": name},
+        "spec": {"lake": (root / "lake").as_uri(), "executor": {"memoryBudgetMb": budget_mb},
+                 "stages": [{"use": "impute", "with": {"buckets": buckets}}]},
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _silver_digest(lake: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((lake / "silver").rglob("*.parquet")):
+        h.update(str(f.relative_to(lake)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Impute alone on ``--rows`` rows twice: with the default budget (few buckets) and forced to the
+    bucket count 1.4 B rows need at 2 GB (the smallest budget, 64 MB). The silver of both must be
+    byte-identical; rows/s and the largest work item's RSS are compared."""
+    import pyarrow.parquet as pq
+    from pgx_impute.rules import estimate_bucket_count
+
+    root = Path(tempfile.mkdtemp(prefix="pgx-scale-model-", dir=workdir))
+    try:
+        prepare(root, args.rows, args.seed)
+        spec = write_spec(root, args.executor, PRODUCTION_BUDGET_MB)
+        pgx = str(Path(sys.executable).parent / "pgx")
+        for stage in ("ingest-pharmacy", "ingest-medical"):
+            subprocess.run([pgx, "run", str(spec), "--stage", stage, "--log-level", "WARNING"], check=True)
+        bronze = [f for f in parquet_files(root / "lake" / "bronze") if "_rejects" not in str(f)]
+        rows = sum(pq.read_metadata(f).num_rows for f in bronze)
+        first = [pq.ParquetFile(f).read_row_group(0) for f in bronze]
+        row_bytes = sum(t.nbytes for t in first) / sum(t.num_rows for t in first)
+        target = estimate_bucket_count(int(PRODUCTION_ROWS * row_bytes), PRODUCTION_BUDGET_MB)
+        runs = {}
+        for name, budget, buckets in (("few", PRODUCTION_BUDGET_MB, None), ("many", 64, target)):
+            lake = root / name
+            shutil.copytree(root / "lake" / "bronze", lake / "lake" / "bronze")
+            child = run_child([pgx, "run", str(_impute_spec(lake, name, budget, buckets)), "--json",
+                               "--log-level", "WARNING"])
+            if child.returncode != 0:
+                sys.exit(f"impute ({name}) exited {child.returncode}: {child.stdout[-2000:]}")
+            [summary] = (lake / "lake" / "pgx_pipeline" / "global_imputation").glob("run_id=*/summary.json")
+            doc = json.loads(summary.read_text())
+            runs[name] = {"budget_mb": budget, "buckets": buckets or "auto", "seconds": doc["duration_sec"],
+                          "rows_per_sec": round(rows / doc["duration_sec"]),
+                          "peak_item_rss_mb": doc.get("resources", {}).get("peak_item_rss_mb"),
+                          "silver_sha256": _silver_digest(lake / "lake")}
+            shutil.rmtree(lake, ignore_errors=True)
+        return {"rows": rows, "arrow_bytes_per_row": round(row_bytes, 1), "target_buckets": target,
+                "arithmetic": f"ceil({PRODUCTION_ROWS:,} rows x {row_bytes:.0f} B x 3.0 / {PRODUCTION_BUDGET_MB} MiB)",
+                "runs": runs, "identical": runs["few"]["silver_sha256"] == runs["many"]["silver_sha256"],
+                "speed_ratio": round(runs["many"]["rows_per_sec"] / runs["few"]["rows_per_sec"], 3)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="total rows of the full comparison run")
@@ -538,6 +608,8 @@ def main() -> None:
     ap.add_argument("--scaling", default="", help="comma-separated sizes for the scaling table (pgx only)")
     ap.add_argument("--skip-full", action="store_true", help="only the scaling runs")
     ap.add_argument("--skip-duckdb", action="store_true")
+    ap.add_argument("--scale-model", action="store_true",
+                    help="impute alone at --rows with the bucket count of 1.4 B rows at 2 GB, against few buckets")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where the temp lakes go")
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
@@ -555,6 +627,11 @@ def main() -> None:
         result["scaling"] = partial
         args.out.write_text(json.dumps(result, indent=1))
 
+    if args.scale_model:
+        result["scale_model"] = scale_model(args, args.workdir)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["scale_model"], indent=1))
+        return
     reuse: PgxRun | None = None
     if not args.skip_full:
         result["full"] = full_run(args, args.workdir)
