@@ -31,6 +31,12 @@ def row_parquet_options(schema: pa.Schema) -> dict[str, Any]:
 ROW_GROUP_ROWS = 65_536
 
 
+# Pending tables kept apart before they are combined into one: a table of ~100 columns costs
+# ~100 KB of objects whatever its rows, so thousands of small ones (an impute output assembled from
+# thousands of buckets) held 400 MB for 24,000 rows.
+MAX_PENDING_TABLES = 64
+
+
 class FixedRowGroupWriter:
     """Writes tables to a Parquet sink in row groups of exactly ``row_group_rows`` rows."""
 
@@ -46,6 +52,8 @@ class FixedRowGroupWriter:
             return
         self._pending.append(table)
         self._pending_rows += table.num_rows
+        if len(self._pending) > MAX_PENDING_TABLES:
+            self._pending = [pa.concat_tables(self._pending).combine_chunks()]
         while self._pending_rows >= self._group:
             self._flush(self._group)
 
