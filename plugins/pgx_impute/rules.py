@@ -72,6 +72,7 @@ __all__ = [
     "merge_bucket_results",
     "normalize_demographics",
     "resolve",
+    "silver_partition_runs",
     "silver_partitions",
     "sort_profiles",
     "sort_rows",
@@ -605,18 +606,25 @@ def silver_partitions(silver: pa.Table) -> list[tuple[str, int, pa.Table]]:
     Zero-copy slices, partition keys dropped (they live in the Hive path), each slice
     already in silver row order (:data:`SORT_KEYS`).
     """
+    body, runs = silver_partition_runs(silver)
+    return [(band, year, body.slice(offset, n)) for band, year, offset, n in runs]
+
+
+def silver_partition_runs(silver: pa.Table) -> tuple[pa.Table, list[tuple[str, int, int, int]]]:
+    """The table without its partition keys, and ``(age_band, event_year, offset, rows)`` of each
+    partition's run of rows in it (a :func:`sort_silver`-ordered table holds each partition as one run)."""
+    body = silver.drop_columns([_YEAR, "age_band"])
     if silver.num_rows == 0:
-        return []
+        return body, []
     counts = silver.select([_YEAR, "age_band"]).group_by([_YEAR, "age_band"]).aggregate([([], "count_all")])
     counts = counts.take(pc.sort_indices(counts, sort_keys=[(_YEAR, "ascending"), ("age_band", "ascending")]))
-    body = silver.drop_columns([_YEAR, "age_band"])
-    out: list[tuple[str, int, pa.Table]] = []
+    runs: list[tuple[str, int, int, int]] = []
     offset = 0
     for entry in counts.to_pylist():  # one entry per partition: at most 10 bands x the years
         n = int(entry["count_all"])
-        out.append((str(entry["age_band"]), int(entry[_YEAR]), body.slice(offset, n)))
+        runs.append((str(entry["age_band"]), int(entry[_YEAR]), offset, n))
         offset += n
-    return out
+    return body, runs
 
 
 def _stats(reasons: pa.Array, out_of_scope: int, sources: Mapping[str, ArrayLike]) -> dict[str, int]:

@@ -174,8 +174,7 @@ def gather(item: GatherItem) -> dict[str, Any]:
     schema = None
     rows = 0
     for uri, batch in item.sources:
-        with store.open_input(uri) as f:
-            table = pa.Table.from_batches([pa.ipc.open_file(f).get_batch(batch)])
+        table = _read_batch(store, uri, batch)
         schema, rows = table.schema, rows + table.num_rows
         bounds = partition.bucket_bounds(partition.member_keys(table[KEY_COLUMN]), cuts)
         for b in range(first, end):
@@ -183,6 +182,12 @@ def gather(item: GatherItem) -> dict[str, Any]:
     assert schema is not None, "a gather item has at least one source"
     index = _write_batches(store, item.out_uri, schema, parts)
     return {"uri": item.out_uri, "data_type": item.data_type, "rows": rows, "index": index}
+
+
+def _read_batch(store: ObjectStore, uri: str, batch: int) -> pa.Table:
+    """One record batch of a scratch file, as a table."""
+    with store.open_input(uri) as f:
+        return pa.Table.from_batches([pa.ipc.open_file(f).get_batch(batch)])
 
 
 def _write_batches(
@@ -205,8 +210,7 @@ def impute_one_bucket(item: BucketItem) -> dict[str, Any]:
     store = _store(item.run.store_config, item.scratch)
     by_type: dict[str, list[pa.Table]] = {dt: [] for dt in DATA_TYPES}
     for data_type, uri, batch in item.sources:
-        with store.open_input(uri) as f:
-            by_type[data_type].append(pa.Table.from_batches([pa.ipc.open_file(f).get_batch(batch)]))
+        by_type[data_type].append(_read_batch(store, uri, batch))
     bronze = {dt: pa.concat_tables(ts) if ts else rules.bronze_schema(dt).empty_table() for dt, ts in by_type.items()}
     del by_type
     res = rules.impute_bucket(bronze, item.years, item.lookahead_years)
@@ -214,11 +218,8 @@ def impute_one_bucket(item: BucketItem) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         pieces = _Pieces(item, store, stack)
         for dt in DATA_TYPES:
-            groups, offset = [], 0
-            body = res.silver[dt].drop_columns(["event_year", "age_band"])
-            for band, year, rows in rules.silver_partitions(res.silver[dt]):
-                groups.append((_partition_key(dt, band, year), offset, rows.num_rows))
-                offset += rows.num_rows
+            body, runs = rules.silver_partition_runs(res.silver[dt])
+            groups = [(_partition_key(dt, band, year), offset, n) for band, year, offset, n in runs]
             pieces.put(dt, body, groups, SILVER_SORT)
             quarantine, output = res.quarantine[dt], f"{dt}__{QUARANTINE}"
             pieces.put(output, quarantine, [(output, 0, quarantine.num_rows)], SILVER_SORT)

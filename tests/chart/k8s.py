@@ -136,19 +136,26 @@ def ray_pods(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def check_ray_pod(role: str, template: dict[str, Any], *, service_account: str) -> None:
     """Restricted Pod Security, the run's ServiceAccount, a read-only root with /tmp writable."""
     pod = template["spec"]
-    psc = pod["securityContext"]
-    assert psc["runAsNonRoot"] is True and psc["seccompProfile"] == {"type": "RuntimeDefault"}, role
-    assert isinstance(psc["runAsUser"], int) and psc["runAsUser"] > 0
-    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == service_account
-    for key in ("hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace"):
-        assert not pod.get(key), (role, key)
-    for v in pod["volumes"]:
-        assert set(v) - {"name"} <= RESTRICTED_VOLUMES, (role, v)
+    check_restricted_pod(pod, service_account=service_account, what=role)
     (container,) = pod["containers"]
     check_restricted_container(container["securityContext"])
     assert container["resources"]["limits"]["memory"] and container["resources"]["limits"]["cpu"]
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp"}
     check_env(container)
+
+
+def check_restricted_pod(pod: dict[str, Any], *, service_account: str, what: str) -> None:
+    """Pod-level restricted Pod Security: non-root, the default seccomp profile, no host namespaces,
+    only the volume types the standard allows; the run's ServiceAccount without an API token."""
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["seccompProfile"] == {"type": "RuntimeDefault"}, what
+    assert isinstance(psc["runAsUser"], int) and psc["runAsUser"] > 0, what
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == service_account, what
+    for key in ("hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace"):
+        assert not pod.get(key), (what, key)
+    for v in pod["volumes"]:
+        kinds = set(v) - {"name"}
+        assert kinds <= RESTRICTED_VOLUMES, f"{what}: volume {v['name']} of type {kinds} is not allowed by 'restricted'"
 
 
 def check_restricted_container(csc: dict[str, Any]) -> None:
@@ -222,19 +229,9 @@ def check_job_spec(
 
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
-    assert pod["serviceAccountName"] == service_account
-    assert pod["automountServiceAccountToken"] is False
-    for key in ("hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace"):
-        assert not pod.get(key), key
-    psc = pod["securityContext"]
-    assert psc["runAsNonRoot"] is True
-    assert isinstance(psc["runAsUser"], int) and psc["runAsUser"] > 0
-    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    check_restricted_pod(pod, service_account=service_account, what="job")
 
     volumes = {v["name"]: v for v in pod["volumes"]}
-    for v in volumes.values():
-        kinds = set(v) - {"name"}
-        assert kinds <= RESTRICTED_VOLUMES, f"volume {v['name']} of type {kinds} is not allowed by 'restricted'"
     assert volumes["spec"]["configMap"]["name"] in config_maps
     assert volumes["spec"]["configMap"]["items"] == [{"key": "spec.yaml", "path": "spec.yaml"}]
     assert volumes["tmp"]["emptyDir"]["sizeLimit"]
