@@ -16,7 +16,6 @@ ordered), only the buckets' sizes do.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
 
@@ -87,21 +86,21 @@ def split_points(samples: Sequence[tuple[Sequence[str], int]], n_buckets: int) -
 
 def bucket_bounds(sorted_keys: pa.Array, cuts: Sequence[str]) -> list[int]:
     """Row offsets of each bucket in ``sorted_keys`` (member keys in ascending order): bucket ``b``
-    is rows ``bounds[b]:bounds[b+1]``; ``len(bounds) == len(cuts) + 2``."""
-    n = len(sorted_keys)
-    view = _KeyView(sorted_keys)
-    inner = [bisect.bisect_left(view, cut) for cut in cuts]
-    return [0, *inner, n]
+    is rows ``bounds[b]:bounds[b+1]``; ``len(bounds) == len(cuts) + 2``.
 
-
-class _KeyView(Sequence[str]):
-    """Read-only indexable view of a string array, for :mod:`bisect` without copying it to Python."""
-
-    def __init__(self, values: pa.Array) -> None:
-        self.values = values
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __getitem__(self, i: int) -> str:  # type: ignore[override]
-        return str(self.values[i].as_py())
+    One sort of cuts and keys together, cuts first among equals: the ``i``-th cut lands at position
+    ``p``, after ``p - i`` keys — the keys below it (a bisect per cut in Python cost 50 s of a
+    1,912-bucket impute of 1 M rows)."""
+    n, m = len(sorted_keys), len(cuts)
+    if m == 0:
+        return [0, n]
+    both = pa.table(
+        {
+            "key": pa.concat_arrays([pa.array(cuts, pa.string()), sorted_keys.cast(pa.string())]),
+            "is_key": pa.concat_arrays([pa.repeat(pa.scalar(False), m), pa.repeat(pa.scalar(True), n)]),
+        }
+    )
+    order = pc.sort_indices(both, sort_keys=[("key", "ascending"), ("is_key", "ascending")])
+    positions = pc.indices_nonzero(pc.less(order, m))  # stable: the cuts keep their order
+    inner = pc.subtract(positions, pa.array(range(m), pa.uint64()))
+    return [0, *inner.to_pylist(), n]

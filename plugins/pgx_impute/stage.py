@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -118,10 +118,11 @@ class GatherItem:
 
 @dataclass(frozen=True)
 class BucketItem:
+    """Consecutive buckets run one after the other by one work item (one bucket each in memory)."""
+
     run: RunInfo
-    bucket: int
+    buckets: tuple[tuple[int, tuple[tuple[str, str, int], ...]], ...]  # (bucket, its (data_type, uri, batch)s)
     n_buckets: int
-    sources: tuple[tuple[str, str, int], ...]  # (data_type, shuffle file uri, record batch)
     years: tuple[int, ...]
     lookahead_years: int
     scratch: str
@@ -205,52 +206,138 @@ def _write_batches(
     return index
 
 
-def impute_one_bucket(item: BucketItem) -> dict[str, Any]:
-    """Run the rules on all rows of one bucket's members; write its sorted piece of every output."""
+def impute_buckets(item: BucketItem) -> dict[str, Any]:
+    """Run the rules on each bucket of the item in turn (all rows of its members); write its sorted
+    piece of every output. Small pieces of consecutive buckets are joined (:class:`_Pieces`)."""
     store = _store(item.run.store_config, item.scratch)
+    totals = _Totals()
+    with contextlib.ExitStack() as stack:
+        readers = _Readers(store)
+        stack.callback(readers.close)
+        pieces = _Pieces(item, store, stack)
+        for bucket, sources in item.buckets:
+            res = _impute_bucket(bucket, sources, readers, item)
+            pieces.bucket = bucket
+            for dt in DATA_TYPES:
+                body, runs = rules.silver_partition_runs(res.silver[dt])
+                groups = [(_partition_key(dt, band, year), offset, n) for band, year, offset, n in runs]
+                pieces.put(dt, body, groups, SILVER_SORT)
+                quarantine, output = res.quarantine[dt], f"{dt}__{QUARANTINE}"
+                pieces.put(output, quarantine, [(output, 0, quarantine.num_rows)], SILVER_SORT)
+            totals.add(
+                {"rows_in": res.rows_in, "silver": {dt: res.rows_out(dt) for dt in DATA_TYPES},
+                 "quarantined": {dt: res.rows_quarantined(dt) for dt in DATA_TYPES}, "out_of_scope": res.out_of_scope},
+                res.stats,
+            )  # fmt: skip
+            for year in item.years:
+                profiles = res.profiles.filter(pc.equal(res.profiles["event_year"], year)).drop_columns(["event_year"])
+                key = f"{DEMOGRAPHICS}__event_year={year}"
+                pieces.put(DEMOGRAPHICS, profiles, [(key, 0, profiles.num_rows)], PROFILE_SORT)
+            del res
+        pieces.flush()
+    return {"pieces": pieces.index, "counts": totals.counts, "stats": totals.stats}
+
+
+_COUNTS = ("rows_in", "silver", "quarantined", "out_of_scope")
+
+
+@dataclass
+class _Totals:
+    """Row counts (``rows_in``, ``silver``, ``quarantined``, ``out_of_scope``) and rule counters,
+    per data type, summed over buckets."""
+
+    counts: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {k: dict.fromkeys(DATA_TYPES, 0) for k in _COUNTS}
+    )
+    stats: dict[str, dict[str, int]] = field(default_factory=lambda: {dt: {} for dt in DATA_TYPES})
+
+    def add(self, counts: dict[str, dict[str, int]], stats: dict[str, dict[str, int]]) -> None:
+        for dt in DATA_TYPES:
+            for k, per_type in self.counts.items():
+                per_type[dt] += counts[k][dt]
+            for name, n in stats[dt].items():
+                self.stats[dt][name] = self.stats[dt].get(name, 0) + n
+
+
+def _impute_bucket(
+    bucket: int, sources: Sequence[tuple[str, str, int]], readers: _Readers, item: BucketItem
+) -> rules.BucketResult:
     by_type: dict[str, list[pa.Table]] = {dt: [] for dt in DATA_TYPES}
-    for data_type, uri, batch in item.sources:
-        by_type[data_type].append(_read_batch(store, uri, batch))
+    for data_type, uri, batch in sources:
+        by_type[data_type].append(readers.batch(uri, batch))
     bronze = {dt: pa.concat_tables(ts) if ts else rules.bronze_schema(dt).empty_table() for dt, ts in by_type.items()}
     del by_type
-    res = rules.impute_bucket(bronze, item.years, item.lookahead_years)
-    del bronze
-    with contextlib.ExitStack() as stack:
-        pieces = _Pieces(item, store, stack)
-        for dt in DATA_TYPES:
-            body, runs = rules.silver_partition_runs(res.silver[dt])
-            groups = [(_partition_key(dt, band, year), offset, n) for band, year, offset, n in runs]
-            pieces.put(dt, body, groups, SILVER_SORT)
-            quarantine, output = res.quarantine[dt], f"{dt}__{QUARANTINE}"
-            pieces.put(output, quarantine, [(output, 0, quarantine.num_rows)], SILVER_SORT)
-        for year in item.years:
-            profiles = res.profiles.filter(pc.equal(res.profiles["event_year"], year)).drop_columns(["event_year"])
-            key = f"{DEMOGRAPHICS}__event_year={year}"
-            pieces.put(DEMOGRAPHICS, profiles, [(key, 0, profiles.num_rows)], PROFILE_SORT)
-    return {
-        "bucket": item.bucket,
-        "pieces": pieces.index,
-        "rows_in": res.rows_in,
-        "silver": {dt: res.rows_out(dt) for dt in DATA_TYPES},
-        "quarantined": {dt: res.rows_quarantined(dt) for dt in DATA_TYPES},
-        "out_of_scope": res.out_of_scope,
-        "stats": res.stats,
-    }
+    return rules.impute_bucket(bronze, item.years, item.lookahead_years)
+
+
+class _Readers:
+    """Open scratch files of one work item, the most recent :data:`OPEN_READERS` kept: consecutive
+    buckets read their batches from the same shuffle files."""
+
+    OPEN_READERS = 64
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.open: dict[str, tuple[BinaryIO, pa.ipc.RecordBatchFileReader]] = {}  # uri -> file, reader; oldest first
+
+    def batch(self, uri: str, batch: int) -> pa.Table:
+        if uri in self.open:
+            self.open[uri] = self.open.pop(uri)  # most recent last
+        else:
+            if len(self.open) >= self.OPEN_READERS:
+                self.open.pop(next(iter(self.open)))[0].close()
+            f = self.store.open_input(uri)
+            self.open[uri] = f, pa.ipc.open_file(f)
+        return pa.Table.from_batches([self.open[uri][1].get_batch(batch)])
+
+    def close(self) -> None:
+        for f, _reader in self.open.values():
+            f.close()
+        self.open.clear()
+
+
+@dataclass
+class _Waiting:
+    """One output's in-order pieces not yet written: slices of their buckets' tables."""
+
+    kind: str
+    bucket: int
+    first: bytes = b""
+    last: bytes = b""
+    tables: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+
+    def add(self, part: pa.Table, keys: pa.Array) -> None:
+        self.first = self.first if self.rows else keys[0].as_py()
+        self.last = keys[len(keys) - 1].as_py()
+        self.tables.append(part)
+        self.rows += part.num_rows
 
 
 class _Pieces:
-    """A bucket's pieces of the outputs, written as batch runs into one scratch file per schema
-    (``kind``), and their index: per output, where each piece lies and its first and last sort key."""
+    """A work item's pieces of the outputs, written as batch runs into one scratch file per schema
+    (``kind``), and their index: per output, where each piece lies, its first and last sort key and
+    its (first) bucket.
+
+    Buckets are key ranges run in key order, so one output's in-order pieces of consecutive buckets
+    join into one piece: a small one waits (until its output has an assembly batch of rows, or the
+    waiting pieces of all outputs an eighth of the budget) and is written with the next ones. With
+    thousands of small buckets that divides the pieces — batches written, index entries, reads at
+    assembly — by the buckets per item; a bucket as large as the budget allows writes at once."""
 
     def __init__(self, item: BucketItem, store: ObjectStore, stack: contextlib.ExitStack) -> None:
         self.item, self.store, self.stack = item, store, stack
+        self.bucket = item.buckets[0][0]  # the bucket being put
         self.writers: dict[str, tuple[str, Any]] = {}  # kind -> (uri, IPC writer)
         self.batches: dict[str, int] = {}
         self.index: dict[str, list[dict[str, Any]]] = {}
+        self.waiting: dict[str, _Waiting] = {}
+        self.waiting_bytes = 0
+        self.max_waiting_bytes = item.run.memory_budget_mb * MB // 8
 
     def _writer(self, kind: str, schema: pa.Schema) -> tuple[str, Any]:
         if kind not in self.writers:
-            uri = paths.join(self.item.scratch, "pieces", kind, f"b{self.item.bucket:06d}.arrow")
+            uri = paths.join(self.item.scratch, "pieces", kind, f"b{self.item.buckets[0][0]:06d}.arrow")
             sink = self.stack.enter_context(self.store.open_output(uri, durable=False))
             options = _scratch_ipc(self.store)
             self.writers[kind] = uri, self.stack.enter_context(pa.ipc.new_file(sink, schema, options=options))
@@ -258,42 +345,71 @@ class _Pieces:
         return self.writers[kind]
 
     def put(self, kind: str, table: pa.Table, groups: Sequence[tuple[str, int, int]], sort: Sequence[str]) -> None:
-        """Write the pieces of ``table`` (sorted; rows ``offset:offset+n`` of each group ``(output,
+        """Take the pieces of ``table`` (sorted; rows ``offset:offset+n`` of each group ``(output,
         offset, n)`` belong to that output). Keys and order marks are computed once for the table:
-        a piece costs a slice and a batch write, whatever its size."""
+        a piece costs a slice, whatever its size."""
         if table.num_rows == 0:
             return
         mask = partition.in_order(table[KEY_COLUMN])
         ordered = bool(pc.all(mask).as_py())
         keys = sort_key(table, sort)
         row_bytes = table.nbytes / table.num_rows
+        waits = False
         for output, offset, n in groups:
             part, part_keys = table.slice(offset, n), keys.slice(offset, n)
             if ordered:
-                self._write(output, kind, part, part_keys, in_order=True, row_bytes=row_bytes)
+                waits |= self._join(output, kind, part, part_keys, row_bytes)
                 continue
             # Rows whose raw key sorts out of bucket order go apart, so that the rest stays a chain.
             part_mask = mask.slice(offset, n)
-            for in_order, m in ((True, part_mask), (False, pc.invert(part_mask))):
-                self._write(output, kind, part.filter(m), part_keys.filter(m), in_order=in_order, row_bytes=row_bytes)
+            waits |= self._join(output, kind, part.filter(part_mask), part_keys.filter(part_mask), row_bytes)
+            out_of_order = pc.invert(part_mask)
+            late, late_keys = part.filter(out_of_order), part_keys.filter(out_of_order)
+            if late.num_rows:
+                piece = _Waiting(kind, self.bucket)
+                piece.add(late, late_keys)
+                self._write(output, piece, in_order=False)
+        if waits:  # a waiting slice keeps the whole table alive
+            self.waiting_bytes += table.nbytes + keys.nbytes
+            if self.waiting_bytes > self.max_waiting_bytes:
+                self.flush()
 
-    def _write(
-        self, output: str, kind: str, part: pa.Table, keys: pa.Array, *, in_order: bool, row_bytes: float
-    ) -> None:
+    def _join(self, output: str, kind: str, part: pa.Table, keys: pa.Array, row_bytes: float) -> bool:
+        """Add an in-order piece to its output's waiting one; write them if that makes a batch.
+        Whether the piece waits."""
         if part.num_rows == 0:
-            return
-        uri, writer = self._writer(kind, part.schema)
+            return False
+        waiting = self.waiting.pop(output, None) or _Waiting(kind, self.bucket)
+        waiting.add(part, keys)
+        if waiting.rows >= self._batch_rows(row_bytes, in_order=True):
+            self._write(output, waiting, in_order=True)
+            return False
+        self.waiting[output] = waiting
+        return True
+
+    def flush(self) -> None:
+        """Write every waiting piece."""
+        for output, waiting in self.waiting.items():
+            self._write(output, waiting, in_order=True)
+        self.waiting.clear()
+        self.waiting_bytes = 0
+
+    def _batch_rows(self, row_bytes: float, *, in_order: bool) -> int:
         # An out-of-order piece may be merged with one from every bucket: smaller batches.
         sources = 2 if in_order else 2 * self.item.n_buckets
-        rows = merge_batch_rows(self.item.run.memory_budget_mb, sources, row_bytes)
-        first = self.batches[kind]
-        for batch in part.to_batches(max_chunksize=rows):
+        return merge_batch_rows(self.item.run.memory_budget_mb, sources, row_bytes)
+
+    def _write(self, output: str, piece: _Waiting, *, in_order: bool) -> None:
+        table = pa.concat_tables(piece.tables).combine_chunks() if len(piece.tables) > 1 else piece.tables[0]
+        uri, writer = self._writer(piece.kind, table.schema)
+        rows = self._batch_rows(table.nbytes / table.num_rows, in_order=in_order)
+        first = self.batches[piece.kind]
+        for batch in table.to_batches(max_chunksize=rows):
             writer.write_batch(batch)
-            self.batches[kind] += 1
+            self.batches[piece.kind] += 1
         self.index.setdefault(output, []).append(
-            {"uri": uri, "batch": first, "batches": self.batches[kind] - first, "rows": part.num_rows,
-             "first": keys[0].as_py().decode(), "last": keys[len(keys) - 1].as_py().decode(),
-             "bucket": self.item.bucket}
+            {"uri": uri, "batch": first, "batches": self.batches[piece.kind] - first, "rows": table.num_rows,
+             "first": piece.first.decode(), "last": piece.last.decode(), "bucket": piece.bucket}
         )  # fmt: skip
 
 
@@ -334,6 +450,19 @@ def shuffle_stride(ranges: int, n_buckets: int, arrow_bytes: int = 0, *, remote:
     saved = ranges * n_buckets - (ranges * groups + n_buckets * -(-ranges // stride) * 2)
     worth = saved * _READ_COST_SEC[remote] > arrow_bytes * _BYTE_COST_SEC[remote]
     return stride if saved > 0 and worth else 1
+
+
+# Buckets one work item runs: enough that an item carries ~ITEM_BYTES of bronze (a bucket as large
+# as a 2 GB budget allows is an item of its own; thousands of small ones share), yet at least
+# MIN_ITEMS items for the workers to share.
+ITEM_BYTES = 256 * MB
+MIN_ITEMS = 32
+
+
+def bucket_group_size(n_buckets: int, arrow_bytes: int) -> int:
+    """Consecutive buckets per work item."""
+    per_bucket = max(arrow_bytes / max(n_buckets, 1), 1.0)
+    return max(1, min(math.ceil(ITEM_BYTES / per_bucket), n_buckets // MIN_ITEMS))
 
 
 def _partition_key(data_type: str, band: str, year: int) -> str:
@@ -429,7 +558,7 @@ class ImputeStage(Stage[ImputeParams]):
         cuts = self._sample_cuts(bronze, n_buckets, fan_out)
         self.store_for(scratch).write_bytes(cuts_uri, json.dumps(cuts).encode())
         per_bucket = self._shuffle(bronze, cuts_uri, n_buckets, fan_out)
-        pieces, totals = self._impute_buckets(per_bucket, n_buckets, fan_out)
+        pieces, totals = self._impute_buckets(per_bucket, n_buckets, bronze.arrow_bytes, fan_out)
         for dt in DATA_TYPES:
             counts = totals["counts"]
             accounted = counts["silver"][dt] + counts["quarantined"][dt] + counts["out_of_scope"][dt]
@@ -548,35 +677,33 @@ class ImputeStage(Stage[ImputeParams]):
         return per_bucket
 
     def _impute_buckets(
-        self, per_bucket: BucketSources, n_buckets: int, fan_out: Callable[..., Iterator[Any]]
+        self, per_bucket: BucketSources, n_buckets: int, arrow_bytes: int, fan_out: Callable[..., Iterator[Any]]
     ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+        buckets = [(b, tuple(sorted(srcs))) for b, srcs in sorted(per_bucket.items())]
+        size = bucket_group_size(n_buckets, arrow_bytes)
         items = [
-            BucketItem(self.run, b, n_buckets, tuple(sorted(srcs)), self.run.years, self.params.lookahead_years,
+            BucketItem(self.run, tuple(buckets[i : i + size]), n_buckets, self.run.years, self.params.lookahead_years,
                        self._scratch())
-            for b, srcs in sorted(per_bucket.items())
+            for i in range(0, len(buckets), size)
         ]  # fmt: skip
         pieces: dict[str, list[dict[str, Any]]] = {}
-        stats: dict[str, dict[str, int]] = {dt: {} for dt in DATA_TYPES}
-        counts = {k: dict.fromkeys(DATA_TYPES, 0) for k in ("rows_in", "silver", "quarantined", "out_of_scope")}
+        totals = _Totals()
         started = time.monotonic()
-        for res in fan_out(impute_one_bucket, items):
+        for res in fan_out(impute_buckets, items):
             for key, ps in res["pieces"].items():
                 pieces.setdefault(key, []).extend(ps)
-            for dt in DATA_TYPES:
-                for k, per_type in counts.items():
-                    per_type[dt] += res[k][dt]
-                for name, n in res["stats"][dt].items():
-                    stats[dt][name] = stats[dt].get(name, 0) + n
+            totals.add(res["counts"], res["stats"])
         log.info(
             "impute buckets done",
             extra={
                 "event": "impute_bucketed",
-                "buckets": len(items),
+                "buckets": n_buckets,
+                "items": len(items),
                 "pieces": sum(len(v) for v in pieces.values()),
                 "duration_sec": round(time.monotonic() - started, 3),
             },
         )
-        return pieces, {"counts": counts, "stats": stats}
+        return pieces, {"counts": totals.counts, "stats": totals.stats}
 
     def has_input(self, entity: Entity) -> bool:
         """Whether the shuffle gave ``entity`` rows (its output will hold some)."""

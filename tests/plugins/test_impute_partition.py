@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 
@@ -38,6 +39,16 @@ def test_bucket_bounds_keep_a_member_in_one_bucket() -> None:
     assert bounds == [0, 1, 1, 5, 6]  # every "b" in bucket 2 (bucket 1 is empty)
     assert partition.bucket_bounds(ordered, []) == [0, 6]
     assert partition.split_points([], 4) == [] and partition.split_points([(["x"], 3)], 1) == []
+
+
+def test_bucket_bounds_agree_with_a_bisect_per_cut() -> None:
+    rng = random.Random(11)
+    alphabet = ["", "0", "00", "1", "a", "é", "\u00ff", "z", "\U0001f600"]
+    for _ in range(200):
+        keys = sorted("".join(rng.choices(alphabet, k=rng.randrange(3))) for _ in range(rng.randrange(40)))
+        cuts = sorted("".join(rng.choices(alphabet, k=rng.randrange(3))) for _ in range(rng.randrange(8)))
+        expected = [0, *(bisect.bisect_left(keys, c) for c in cuts), len(keys)]
+        assert partition.bucket_bounds(pa.array(keys, pa.string()), cuts) == expected, (keys, cuts)
 
 
 def test_few_distinct_keys_leave_later_buckets_empty() -> None:

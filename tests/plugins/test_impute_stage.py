@@ -163,6 +163,41 @@ def test_a_two_level_shuffle_gives_the_same_silver(
     assert digests[0] == digests[1]
 
 
+def test_small_buckets_share_work_items_and_join_their_pieces(
+    bronze_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 buckets of ~30 rows: items of consecutive buckets, whose in-order pieces of one output
+    join into one — the index and the assembly reads grow with the items, not with the buckets."""
+    from pgx_impute import stage
+
+    items: list[tuple[int, dict[str, int]]] = []
+    real = stage.impute_buckets
+
+    def spy(item: stage.BucketItem) -> dict[str, Any]:
+        res = real(item)
+        items.append((len(item.buckets), {out: len(ps) for out, ps in res["pieces"].items()}))
+        return res
+
+    monkeypatch.setattr(stage, "impute_buckets", spy)
+    lake = clone(bronze_lake, tmp_path / "l")
+    assert run(write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 300}}], "joined"))[0] == 0
+    size = stage.bucket_group_size(300, 1 << 30)
+    assert 290 <= sum(n for n, _ in items) <= 300 and len(items) <= -(-300 // size)  # (buckets with rows)
+    assert sorted(n for n, _ in items)[1] == size  # all full but the last
+    # One piece per output per item (quarantine also holds rows with no key, which sort apart).
+    assert all(count == 1 for _, pieces in items for out, count in pieces.items() if "quarantine" not in out)
+
+
+def test_buckets_per_item_grow_only_when_buckets_are_small() -> None:
+    from pgx_impute.stage import ITEM_BYTES, MIN_ITEMS, bucket_group_size
+
+    mb = 1 << 20
+    assert bucket_group_size(1912, 1912 * 700 * mb) == 1  # 1.4 B rows at 2 GB: a bucket is an item
+    assert bucket_group_size(6, 6 * mb) == 1  # few buckets: one each, for the workers to share
+    assert bucket_group_size(1912, 1000 * mb) == 1912 // MIN_ITEMS  # the scale model: at least MIN_ITEMS items
+    assert bucket_group_size(100_000, 100_000 * mb) == ITEM_BYTES // mb
+
+
 def test_the_shuffle_goes_two_level_when_the_reads_it_saves_cost_more_than_its_extra_pass() -> None:
     from pgx_impute.stage import shuffle_stride
 
