@@ -465,6 +465,20 @@ def scaling_table(runs: list[PgxRun]) -> str:
     return "\n".join(lines)
 
 
+def rate_table(runs: list[PgxRun]) -> str:
+    """Rows/s per stage at each size, and each size's rate ÷ the rate at 1 M rows (flat = 1.0)."""
+    base = next((r for r in runs if r.rows == 1_000_000), runs[0] if runs else None)
+    base_rates = {s.stage: s.rows_per_sec for s in base.stages} if base else {}
+    head = " | ".join(f"{s} rows/s (÷ at {base.rows:,})" for s in STAGES) if base else ""
+    lines = [f"| rows | {head} |", "|--:|" + "--:|" * len(STAGES)]
+    for r in runs:
+        per = {s.stage: s for s in r.stages}
+        cells = [f"{per[s].rows_per_sec:,.0f} ({per[s].rows_per_sec / base_rates[s]:.2f})"
+                 if s in per and base_rates.get(s) else "—" for s in STAGES]
+        lines.append(f"| {r.rows:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, Any]:
     import ray
 
@@ -527,9 +541,10 @@ def scaling(args: argparse.Namespace, workdir: Path, sizes: list[int], reuse: Pg
             save({"runs": [asdict(r) for r in runs], "markdown": scaling_table(runs)})
         finally:
             shutil.rmtree(root, ignore_errors=True)
-    return {"runs": [asdict(r) for r in runs], "markdown": scaling_table(runs)}
+    return {"runs": [asdict(r) for r in runs], "markdown": scaling_table(runs) + "\n\n" + rate_table(runs)}
 
 
+STANDARD_SIZES = (250_000, 1_000_000, 4_000_000, 16_000_000)  # --scaling standard
 PRODUCTION_ROWS = 1_400_000_000
 PRODUCTION_BUDGET_MB = 2048
 
@@ -558,12 +573,34 @@ def _silver_digest(lake: Path) -> str:
     return h.hexdigest()
 
 
+def worker_baseline_mb(executor: str) -> float:
+    """RSS of a work item's process before any item: a Ray worker (or, local, a Python process)
+    that has imported the impute stage. The fixed overhead a budget does not cover."""
+    code = """
+import resource, json, sys
+def rss():
+    import pgx_impute.stage  # noqa: F401  (what an impute item imports)
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
+if sys.argv[1] == "ray":
+    import ray
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    print(json.dumps(ray.get(ray.remote(rss).remote())))
+    ray.shutdown()
+else:
+    print(json.dumps(rss()))
+"""
+    out = subprocess.run([sys.executable, "-c", code, executor], capture_output=True, text=True, check=True)
+    return round(float(out.stdout.strip().splitlines()[-1]), 1)
+
+
 def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Impute alone on ``--rows`` rows twice: with the default budget (few buckets) and forced to the
-    bucket count 1.4 B rows need at 2 GB (the smallest budget, 64 MB). The silver of both must be
-    byte-identical; rows/s and the largest work item's RSS are compared."""
+    """Impute alone on ``--rows`` rows twice: with the default budget (few buckets), and with the
+    bucket count 1.4 B rows need at 2 GB at the budget that makes each bucket as full as a
+    production one (rows x bytes/row x peak factor / buckets). The silver of both must be
+    byte-identical; rows/s and the largest work item's RSS (against budget + a worker's own RSS)
+    are compared."""
     import pyarrow.parquet as pq
-    from pgx_impute.rules import estimate_bucket_count
+    from pgx_impute.rules import PEAK_FACTOR, estimate_bucket_count
 
     root = Path(tempfile.mkdtemp(prefix="pgx-scale-model-", dir=workdir))
     try:
@@ -577,8 +614,9 @@ def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         first = [pq.ParquetFile(f).read_row_group(0) for f in bronze]
         row_bytes = sum(t.nbytes for t in first) / sum(t.num_rows for t in first)
         target = estimate_bucket_count(int(PRODUCTION_ROWS * row_bytes), PRODUCTION_BUDGET_MB)
+        small_budget = max(1, int(rows * row_bytes * PEAK_FACTOR["arrow"] / target / 2**20))
         runs = {}
-        for name, budget, buckets in (("few", PRODUCTION_BUDGET_MB, None), ("many", 64, target)):
+        for name, budget, buckets in (("few", PRODUCTION_BUDGET_MB, None), ("many", small_budget, target)):
             lake = root / name
             shutil.copytree(root / "lake" / "bronze", lake / "lake" / "bronze")
             child = run_child([pgx, "run", str(_impute_spec(lake, name, budget, buckets)), "--json",
@@ -593,7 +631,10 @@ def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                           "silver_sha256": _silver_digest(lake / "lake")}
             shutil.rmtree(lake, ignore_errors=True)
         return {"rows": rows, "arrow_bytes_per_row": round(row_bytes, 1), "target_buckets": target,
-                "arithmetic": f"ceil({PRODUCTION_ROWS:,} rows x {row_bytes:.0f} B x 3.0 / {PRODUCTION_BUDGET_MB} MiB)",
+                "arithmetic": f"ceil({PRODUCTION_ROWS:,} rows x {row_bytes:.0f} B x {PEAK_FACTOR['arrow']} / "
+                              f"{PRODUCTION_BUDGET_MB} MiB); budget of the many-bucket run: {rows:,} x "
+                              f"{row_bytes:.0f} B x {PEAK_FACTOR['arrow']} / {target} buckets = {small_budget} MiB",
+                "worker_baseline_mb": worker_baseline_mb(args.executor),
                 "runs": runs, "identical": runs["few"]["silver_sha256"] == runs["many"]["silver_sha256"],
                 "speed_ratio": round(runs["many"]["rows_per_sec"] / runs["few"]["rows_per_sec"], 3)}
     finally:
@@ -605,7 +646,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000, help="total rows of the full comparison run")
     ap.add_argument("--executor", choices=("ray", "local"), default="ray")
     ap.add_argument("--budget-mb", type=int, default=256, help="executor.memoryBudgetMb of the run spec")
-    ap.add_argument("--scaling", default="", help="comma-separated sizes for the scaling table (pgx only)")
+    ap.add_argument("--scaling", default="",
+                    help="comma-separated sizes for the scaling table (pgx only); 'standard' = 250k,1M,4M,16M")
     ap.add_argument("--skip-full", action="store_true", help="only the scaling runs")
     ap.add_argument("--skip-duckdb", action="store_true")
     ap.add_argument("--scale-model", action="store_true",
@@ -640,7 +682,9 @@ def main() -> None:
         pgx_run = result["full"]["pgx"]
         reuse = PgxRun(**{**pgx_run, "stages": [StageResult(**s) for s in pgx_run["stages"]]})
     if args.scaling:
-        sizes = [int(x) for x in args.scaling.split(",") if x.strip()]
+        result["worker_baseline_mb"] = worker_baseline_mb(args.executor)
+        sizes = (list(STANDARD_SIZES) if args.scaling == "standard"
+                 else [int(x) for x in args.scaling.split(",") if x.strip()])
         result["scaling"] = scaling(args, args.workdir, sizes, reuse, save_scaling)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.out.write_text(json.dumps(result, indent=1))
