@@ -544,6 +544,7 @@ def scaling(args: argparse.Namespace, workdir: Path, sizes: list[int], reuse: Pg
     return {"runs": [asdict(r) for r in runs], "markdown": scaling_table(runs) + "\n\n" + rate_table(runs)}
 
 
+MIN_BUDGET_MB = 64  # the smallest executor.memoryBudgetMb a run spec takes
 STANDARD_SIZES = (250_000, 1_000_000, 4_000_000, 16_000_000)  # --scaling standard
 PRODUCTION_ROWS = 1_400_000_000
 PRODUCTION_BUDGET_MB = 2048
@@ -614,7 +615,9 @@ def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         first = [pq.ParquetFile(f).read_row_group(0) for f in bronze]
         row_bytes = sum(t.nbytes for t in first) / sum(t.num_rows for t in first)
         target = estimate_bucket_count(int(PRODUCTION_ROWS * row_bytes), PRODUCTION_BUDGET_MB)
-        small_budget = max(1, int(rows * row_bytes * PEAK_FACTOR["arrow"] / target / 2**20))
+        # As full as a production bucket when the rows allow it (≈ 44 M rows and more); the run
+        # spec's smallest budget (64 MB) below that.
+        small_budget = max(MIN_BUDGET_MB, int(rows * row_bytes * PEAK_FACTOR["arrow"] / target / 2**20))
         runs = {}
         for name, budget, buckets in (("few", PRODUCTION_BUDGET_MB, None), ("many", small_budget, target)):
             lake = root / name
@@ -631,9 +634,10 @@ def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                           "silver_sha256": _silver_digest(lake / "lake")}
             shutil.rmtree(lake, ignore_errors=True)
         return {"rows": rows, "arrow_bytes_per_row": round(row_bytes, 1), "target_buckets": target,
-                "arithmetic": f"ceil({PRODUCTION_ROWS:,} rows x {row_bytes:.0f} B x {PEAK_FACTOR['arrow']} / "
-                              f"{PRODUCTION_BUDGET_MB} MiB); budget of the many-bucket run: {rows:,} x "
-                              f"{row_bytes:.0f} B x {PEAK_FACTOR['arrow']} / {target} buckets = {small_budget} MiB",
+                "arithmetic": (f"ceil({PRODUCTION_ROWS:,} rows x {row_bytes:.0f} B x {PEAK_FACTOR['arrow']} / "
+                               f"{PRODUCTION_BUDGET_MB} MiB); budget of the many-bucket run: max({MIN_BUDGET_MB}, "
+                               f"{rows:,} x {row_bytes:.0f} B x {PEAK_FACTOR['arrow']} / {target})"
+                               f" = {small_budget} MiB"),
                 "worker_baseline_mb": worker_baseline_mb(args.executor),
                 "runs": runs, "identical": runs["few"]["silver_sha256"] == runs["many"]["silver_sha256"],
                 "speed_ratio": round(runs["many"]["rows_per_sec"] / runs["few"]["rows_per_sec"], 3)}

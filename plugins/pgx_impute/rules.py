@@ -689,15 +689,24 @@ def impute_bucket(
     out_of_scope: dict[str, int] = {}
     rows_in: dict[str, int] = {}
     stats: dict[str, dict[str, int]] = {}
-    for dt in DATA_TYPES:
-        table, reason, narrow = bronze[dt], reasons[dt], narrow_parts.pop(0)
-        scoped = narrow.filter(pc.is_in(narrow[_YEAR], value_set=in_years))
-        out_of_scope[dt] = narrow.num_rows - scoped.num_rows
-        del narrow  # peak memory: only what the silver rows still need stays alive
-        resolved = resolve(scoped, profiles, lookahead_years)
-        del scoped
-        resolved = resolved.append_column("age_band", age_band(resolved["age_imputed"]))
-        resolved = resolved.select(["_row", *IMPUTED_COLUMNS, *SOURCE_COLUMNS, "age_band", _YEAR])
+    scoped_rows: list[int] = []
+    for i, dt in enumerate(DATA_TYPES):
+        narrow = narrow_parts[i]
+        narrow_parts[i] = narrow.filter(pc.is_in(narrow[_YEAR], value_set=in_years))
+        out_of_scope[dt] = narrow.num_rows - narrow_parts[i].num_rows
+        scoped_rows.append(narrow_parts[i].num_rows)
+    del narrow
+    # Both data types in one call: a row's values depend only on its (member, year, type), so this
+    # is what two calls give, at half the fixed cost per bucket (~100 kernel calls).
+    resolved_both = resolve(pa.concat_tables(narrow_parts), profiles, lookahead_years)
+    del narrow_parts  # peak memory: only what the silver rows still need stays alive
+    resolved_both = resolved_both.append_column("age_band", age_band(resolved_both["age_imputed"]))
+    resolved_both = resolved_both.select(["_row", *IMPUTED_COLUMNS, *SOURCE_COLUMNS, "age_band", _YEAR])
+    offset = 0
+    for dt, n in zip(DATA_TYPES, scoped_rows, strict=True):
+        table, reason = bronze[dt], reasons[dt]
+        resolved = resolved_both.slice(offset, n)
+        offset += n
         # Order the narrow keys first, then gather the wide bronze rows once: that gather is the
         # most expensive step of the bucket (random access over every column), so it runs once.
         keys = table.select(list(SORT_KEYS)).take(resolved["_row"])

@@ -307,11 +307,18 @@ class _Waiting:
     tables: list[pa.Table] = field(default_factory=list)
     rows: int = 0
 
-    def add(self, part: pa.Table, keys: pa.Array) -> None:
-        self.first = self.first if self.rows else keys[0].as_py()
-        self.last = keys[len(keys) - 1].as_py()
+    def add(self, part: pa.Table, first: bytes, last: bytes) -> None:
+        self.first = self.first if self.rows else first
+        self.last = last
         self.tables.append(part)
         self.rows += part.num_rows
+
+
+def _end_keys(table: pa.Table, rows: Sequence[int], sort: Sequence[str]) -> list[bytes]:
+    """The sort keys of a few rows of ``table`` (a piece's first and last): computing them for every
+    row only to keep two per piece cost a pass over the key columns per bucket."""
+    picked = table.select(list(sort)).take(pa.array(rows, pa.int64()))
+    return [bytes(k) for k in sort_key(picked, sort).to_pylist()]
 
 
 class _Pieces:
@@ -346,41 +353,42 @@ class _Pieces:
 
     def put(self, kind: str, table: pa.Table, groups: Sequence[tuple[str, int, int]], sort: Sequence[str]) -> None:
         """Take the pieces of ``table`` (sorted; rows ``offset:offset+n`` of each group ``(output,
-        offset, n)`` belong to that output). Keys and order marks are computed once for the table:
-        a piece costs a slice, whatever its size."""
+        offset, n)`` belong to that output). A piece costs a slice, whatever its size, and the keys
+        of its two ends."""
         if table.num_rows == 0:
             return
         mask = partition.in_order(table[KEY_COLUMN])
-        ordered = bool(pc.all(mask).as_py())
-        keys = sort_key(table, sort)
         row_bytes = table.nbytes / table.num_rows
         waits = False
-        for output, offset, n in groups:
-            part, part_keys = table.slice(offset, n), keys.slice(offset, n)
-            if ordered:
-                waits |= self._join(output, kind, part, part_keys, row_bytes)
-                continue
-            # Rows whose raw key sorts out of bucket order go apart, so that the rest stays a chain.
-            part_mask = mask.slice(offset, n)
-            waits |= self._join(output, kind, part.filter(part_mask), part_keys.filter(part_mask), row_bytes)
-            out_of_order = pc.invert(part_mask)
-            late, late_keys = part.filter(out_of_order), part_keys.filter(out_of_order)
-            if late.num_rows:
-                piece = _Waiting(kind, self.bucket)
-                piece.add(late, late_keys)
-                self._write(output, piece, in_order=False)
+        if pc.all(mask).as_py():
+            groups = [g for g in groups if g[2]]
+            ends = _end_keys(table, [r for _o, offset, n in groups for r in (offset, offset + n - 1)], sort)
+            for i, (output, offset, n) in enumerate(groups):
+                waits |= self._join(output, kind, table.slice(offset, n), (ends[2 * i], ends[2 * i + 1]), row_bytes)
+        else:
+            for output, offset, n in groups:
+                # Rows whose raw key sorts out of bucket order go apart, so that the rest stays a chain.
+                part, part_mask = table.slice(offset, n), mask.slice(offset, n)
+                for in_order, rows in ((True, part.filter(part_mask)), (False, part.filter(pc.invert(part_mask)))):
+                    if not rows.num_rows:
+                        continue
+                    first, last = _end_keys(rows, [0, rows.num_rows - 1], sort)
+                    if in_order:
+                        waits |= self._join(output, kind, rows, (first, last), row_bytes)
+                    else:
+                        piece = _Waiting(kind, self.bucket)
+                        piece.add(rows, first, last)
+                        self._write(output, piece, in_order=False)
         if waits:  # a waiting slice keeps the whole table alive
-            self.waiting_bytes += table.nbytes + keys.nbytes
+            self.waiting_bytes += table.nbytes
             if self.waiting_bytes > self.max_waiting_bytes:
                 self.flush()
 
-    def _join(self, output: str, kind: str, part: pa.Table, keys: pa.Array, row_bytes: float) -> bool:
+    def _join(self, output: str, kind: str, part: pa.Table, ends: tuple[bytes, bytes], row_bytes: float) -> bool:
         """Add an in-order piece to its output's waiting one; write them if that makes a batch.
         Whether the piece waits."""
-        if part.num_rows == 0:
-            return False
         waiting = self.waiting.pop(output, None) or _Waiting(kind, self.bucket)
-        waiting.add(part, keys)
+        waiting.add(part, *ends)
         if waiting.rows >= self._batch_rows(row_bytes, in_order=True):
             self._write(output, waiting, in_order=True)
             return False
