@@ -631,6 +631,7 @@ def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             runs[name] = {"budget_mb": budget, "buckets": buckets or "auto", "seconds": doc["duration_sec"],
                           "rows_per_sec": round(rows / doc["duration_sec"]),
                           "peak_item_rss_mb": doc.get("resources", {}).get("peak_item_rss_mb"),
+                          "driver_maxrss_mb": round(child.maxrss_mb),
                           "silver_sha256": _silver_digest(lake / "lake")}
             shutil.rmtree(lake, ignore_errors=True)
         return {"rows": rows, "arrow_bytes_per_row": round(row_bytes, 1), "target_buckets": target,
