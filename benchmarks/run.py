@@ -87,12 +87,16 @@ def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def vmhwm_mb() -> float:
-    """This process's peak RSS (VmHWM), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def vmhwm_mb(pid: int | str = "self") -> float:
+    """A process's peak RSS (VmHWM), MiB (this process's by default; 0 once ``pid`` is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else 0.0
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -119,6 +123,7 @@ class ChildResult:
     wall_sec: float
     maxrss_mb: float  # ru_maxrss of the reaped child (includes descendants it reaped)
     tree_peak_mb: float  # sampled peak of the summed RSS of the process tree
+    own_peak_mb: float  # the child's own VmHWM, last sampled (the pgx driver, without Ray's processes)
     stdout: str
     load_before: float
     load_after: float
@@ -130,13 +135,14 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> ChildResult:
     with tempfile.TemporaryFile("w+") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, env=env)
-        peak = 0.0
+        peak = own = 0.0
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, own
             while not done.wait(0.25):
                 peak = max(peak, tree_rss_mb(proc.pid))
+                own = max(own, vmhwm_mb(proc.pid))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -147,7 +153,7 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> ChildResult:
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read()
-    return ChildResult(proc.returncode, wall, usage.ru_maxrss / 1024, peak, text, before, load1())
+    return ChildResult(proc.returncode, wall, usage.ru_maxrss / 1024, peak, own, text, before, load1())
 
 
 def size_bytes(files: list[Path]) -> int:
@@ -631,7 +637,7 @@ def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             runs[name] = {"budget_mb": budget, "buckets": buckets or "auto", "seconds": doc["duration_sec"],
                           "rows_per_sec": round(rows / doc["duration_sec"]),
                           "peak_item_rss_mb": doc.get("resources", {}).get("peak_item_rss_mb"),
-                          "driver_maxrss_mb": round(child.maxrss_mb),
+                          "driver_peak_rss_mb": round(child.own_peak_mb),
                           "silver_sha256": _silver_digest(lake / "lake")}
             shutil.rmtree(lake, ignore_errors=True)
         return {"rows": rows, "arrow_bytes_per_row": round(row_bytes, 1), "target_buckets": target,
