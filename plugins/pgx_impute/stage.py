@@ -551,6 +551,13 @@ class ImputeStage(Stage[ImputeParams]):
     def _scratch(self) -> str:
         return paths.join(paths.staging_root(self.run.lake, self.run.run_id), "_scratch", "impute")
 
+    def _drop_scratch(self, *levels: str) -> None:
+        """Delete scratch levels no later phase reads: the shuffle's copies of bronze would otherwise
+        stay (each level is a copy of all bronze, in Arrow) until the run's staging is removed."""
+        for level in levels:
+            prefix = paths.join(self._scratch(), level) + "/"
+            self.store_for(prefix).delete_prefix(prefix)
+
     def _manifest_uri(self, name: str) -> str:
         return paths.join(self._scratch(), "manifest", f"{name}.json")
 
@@ -567,6 +574,7 @@ class ImputeStage(Stage[ImputeParams]):
         self.store_for(scratch).write_bytes(cuts_uri, json.dumps(cuts).encode())
         per_bucket = self._shuffle(bronze, cuts_uri, n_buckets, fan_out)
         pieces, totals = self._impute_buckets(per_bucket, n_buckets, bronze.arrow_bytes, fan_out)
+        self._drop_scratch("shuffle", "gather")  # every bucket has read them: assembly reads the pieces
         for dt in DATA_TYPES:
             counts = totals["counts"]
             accounted = counts["silver"][dt] + counts["quarantined"][dt] + counts["out_of_scope"][dt]
@@ -659,6 +667,7 @@ class ImputeStage(Stage[ImputeParams]):
                         out = paths.join(scratch, "gather", f"g{group:06d}-{dt}-{i // stride:06d}.arrow")
                         gathers.append(GatherItem(self.run, dt, buckets, tuple(mine[i : i + stride]), cuts_uri, out))
             per_bucket = self._collect(fan_out(gather, gathers), bronze.rows, "gather")
+            self._drop_scratch("shuffle")  # regrouped: the buckets read the gather files
         log.info(
             "impute shuffle done",
             extra={

@@ -201,6 +201,29 @@ def test_buckets_per_item_grow_only_when_buckets_are_small() -> None:
     assert bucket_group_size(100_000, 100_000 * mb) == ITEM_BYTES // mb
 
 
+def test_scratch_levels_are_deleted_once_read(
+    bronze_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each shuffle level is a copy of all bronze: none is left by the time assembly runs."""
+    from pgx_impute import stage
+
+    monkeypatch.setattr(stage, "shuffle_stride", lambda *_a, **_k: 7)  # two levels: shuffle and gather
+    left: list[str] = []
+    real = stage.ImputeStage.process
+
+    def spy(self: stage.ImputeStage, entity: Any, ctx: Any) -> Any:
+        scratch = self._scratch()
+        left.extend(i.uri for level in ("shuffle", "gather") for i in ctx.store().list(f"{scratch}/{level}/"))
+        pieces = list(ctx.store().list(f"{scratch}/pieces/"))
+        assert pieces, "assembly reads the pieces"
+        return real(self, entity, ctx)
+
+    monkeypatch.setattr(stage.ImputeStage, "process", spy)
+    lake = clone(bronze_lake, tmp_path / "l")
+    assert run(write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 40}}], "dropped"))[0] == 0
+    assert left == []
+
+
 def test_the_shuffle_goes_two_level_when_the_reads_it_saves_cost_more_than_its_extra_pass() -> None:
     from pgx_impute.stage import shuffle_stride
 
