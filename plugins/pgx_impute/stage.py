@@ -10,7 +10,9 @@ Out of core, in fan-outs over the executor (step 8):
 2. **buckets** (prepare): bucket ``k`` reads its batches from every shuffle file and runs
    :func:`pgx_impute.rules.impute_bucket` — all rows of its members are present — writing its piece
    of every output object (silver partition, quarantine, profiles of a year), sorted, to a few
-   scratch files (one per schema).
+   scratch files (one per schema). Small buckets run several to a work item, one after the other,
+   and join their pieces (:func:`bucket_group_size`, :class:`_Pieces`); each scratch level is
+   deleted once the next has read it.
 3. **assembly** (the entities): each output object is its buckets' pieces in bucket order. Buckets
    are key ranges, so the pieces follow each other in output order and are streamed one after the
    other; only rows whose raw key sorts out of bucket order (padded or empty keys), kept apart by
@@ -214,7 +216,7 @@ def impute_buckets(item: BucketItem) -> dict[str, Any]:
         stack.callback(readers.close)
         pieces = _Pieces(item, store, stack)
         for bucket, sources in item.buckets:
-            res = _impute_bucket(bucket, sources, readers, item)
+            res = _impute_bucket(sources, readers, item)
             pieces.bucket = bucket
             for dt in DATA_TYPES:
                 body, runs = rules.silver_partition_runs(res.silver[dt])
@@ -257,9 +259,8 @@ class _Totals:
                 self.stats[dt][name] = self.stats[dt].get(name, 0) + n
 
 
-def _impute_bucket(
-    bucket: int, sources: Sequence[tuple[str, str, int]], readers: _Readers, item: BucketItem
-) -> rules.BucketResult:
+def _impute_bucket(sources: Sequence[tuple[str, str, int]], readers: _Readers, item: BucketItem) -> rules.BucketResult:
+    """The rules on one bucket: its batches of both data types, read through the item's open files."""
     by_type: dict[str, list[pa.Table]] = {dt: [] for dt in DATA_TYPES}
     for data_type, uri, batch in sources:
         by_type[data_type].append(readers.batch(uri, batch))
