@@ -10,9 +10,9 @@ Out of core, in fan-outs over the executor (step 8):
 2. **buckets** (prepare): bucket ``k`` reads its batches from every shuffle file and runs
    :func:`pgx_impute.rules.impute_bucket` — all rows of its members are present — writing its piece
    of every output object (silver partition, quarantine, profiles of a year), sorted, to a few
-   scratch files (one per schema). Small buckets run several to a work item, one after the other,
-   and join their pieces (:func:`bucket_group_size`, :class:`_Pieces`); each scratch level is
-   deleted once the next has read it.
+   scratch files (one per schema). Small buckets run several to a work item, the rules once on a
+   run of them, and join their pieces (:func:`bucket_group_size`, :func:`run_bytes`,
+   :class:`_Pieces`); each scratch level is deleted once the next has read it.
 3. **assembly** (the entities): each output object is its buckets' pieces in bucket order. Buckets
    are key ranges, so the pieces follow each other in output order and are streamed one after the
    other; only rows whose raw key sorts out of bucket order (padded or empty keys), kept apart by
@@ -120,7 +120,7 @@ class GatherItem:
 
 @dataclass(frozen=True)
 class BucketItem:
-    """Consecutive buckets run one after the other by one work item (one bucket each in memory)."""
+    """Consecutive buckets run by one work item, in runs of them up to :func:`run_bytes` (one run in memory)."""
 
     run: RunInfo
     buckets: tuple[tuple[int, tuple[tuple[str, str, int], ...]], ...]  # (bucket, its (data_type, uri, batch)s)
@@ -215,8 +215,9 @@ def impute_buckets(item: BucketItem) -> dict[str, Any]:
         readers = _Readers(store)
         stack.callback(readers.close)
         pieces = _Pieces(item, store, stack)
-        for bucket, sources in item.buckets:
-            res = _impute_bucket(sources, readers, item)
+        for bucket, bronze in _bucket_runs(item, readers):
+            res = rules.impute_bucket(bronze, item.years, item.lookahead_years)
+            del bronze
             pieces.bucket = bucket
             for dt in DATA_TYPES:
                 body, runs = rules.silver_partition_runs(res.silver[dt])
@@ -259,14 +260,39 @@ class _Totals:
                 self.stats[dt][name] = self.stats[dt].get(name, 0) + n
 
 
-def _impute_bucket(sources: Sequence[tuple[str, str, int]], readers: _Readers, item: BucketItem) -> rules.BucketResult:
-    """The rules on one bucket: its batches of both data types, read through the item's open files."""
-    by_type: dict[str, list[pa.Table]] = {dt: [] for dt in DATA_TYPES}
-    for data_type, uri, batch in sources:
-        by_type[data_type].append(readers.batch(uri, batch))
-    bronze = {dt: pa.concat_tables(ts) if ts else rules.bronze_schema(dt).empty_table() for dt, ts in by_type.items()}
-    del by_type
-    return rules.impute_bucket(bronze, item.years, item.lookahead_years)
+def run_bytes(memory_budget_mb: int) -> int:
+    """Bronze bytes (Arrow) that one call of the rules may take: its peak, ~PEAK_FACTOR x that,
+    is the budget — the size :func:`rules.estimate_bucket_count` gives a bucket."""
+    return int(memory_budget_mb * MB / rules.PEAK_FACTOR["arrow"])
+
+
+def _bucket_runs(item: BucketItem, readers: _Readers) -> Iterator[tuple[int, dict[str, pa.Table]]]:
+    """The item's buckets in runs of consecutive ones, each run's bronze by data type up to
+    :func:`run_bytes`, with the run's first bucket. Buckets are ranges of member keys and the rules
+    work per member, so the rules on a run give what they give on its buckets one by one: buckets
+    far smaller than the budget (a count forced by ``with.buckets``, a scale model) cost the rules'
+    fixed ~100 kernel calls and their pieces once per run, not per bucket, as Spark's adaptive
+    execution coalesces small shuffle partitions. A bucket the size the budget allows is a run of
+    its own."""
+    limit = run_bytes(item.run.memory_budget_mb)
+    first, size = -1, 0
+    tables: dict[str, list[pa.Table]] = {dt: [] for dt in DATA_TYPES}
+
+    def run() -> dict[str, pa.Table]:
+        return {dt: pa.concat_tables(ts) if ts else rules.bronze_schema(dt).empty_table() for dt, ts in tables.items()}
+
+    for bucket, sources in item.buckets:
+        batches = [(data_type, readers.batch(uri, batch)) for data_type, uri, batch in sources]
+        nbytes = sum(t.get_total_buffer_size() for _dt, t in batches)  # not sliced; .nbytes costs ~0.2 ms
+        if first >= 0 and size + nbytes > limit:
+            yield first, run()
+            first, size, tables = -1, 0, {dt: [] for dt in DATA_TYPES}
+        first = bucket if first < 0 else first
+        size += nbytes
+        for data_type, table in batches:
+            tables[data_type].append(table)
+    if first >= 0:
+        yield first, run()
 
 
 class _Readers:

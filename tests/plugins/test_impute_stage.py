@@ -139,6 +139,42 @@ def test_padded_keys_and_hundreds_of_buckets_give_byte_identical_silver(bronze_l
     assert any(k[0] != k[0].strip() for k in keys)  # padded keys reached silver, in raw-key order
 
 
+def test_small_buckets_run_the_rules_together_and_give_the_same_silver(
+    bronze_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 small buckets: the rules run once per bucket when a run may hold no more than one, a
+    few times per item when runs are small, once per item at the budget's run size — same bytes."""
+    from pgx_impute import rules, stage
+
+    calls: list[int] = []
+    real = rules.impute_bucket
+
+    def counted(*args: Any, **kwargs: Any) -> rules.BucketResult:
+        calls[-1] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rules, "impute_bucket", counted)
+    digests = []
+    for name, limit in (("alone", 0), ("few", 200_000), ("budget", None)):
+        if limit is not None:
+            monkeypatch.setattr(stage, "run_bytes", lambda _mb, limit=limit: limit)
+        else:
+            monkeypatch.undo()
+            monkeypatch.setattr(rules, "impute_bucket", counted)
+        lake = clone(bronze_lake, tmp_path / name)
+        pad_some_keys(lake)
+        spec = local_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 300}}], name,
+                          executor={"type": "local", "memoryBudgetMb": 64})  # fmt: skip
+        calls.append(0)
+        assert run(spec)[0] == 0
+        digests.append(zone_digest(lake, "silver"))
+    items = -(-300 // stage.bucket_group_size(300, 1 << 30))
+    assert calls[0] >= 290  # (buckets with rows)
+    assert items < calls[1] < calls[0] // 2
+    assert calls[2] == items
+    assert digests[0] == digests[1] == digests[2]
+
+
 def test_a_two_level_shuffle_gives_the_same_silver(
     bronze_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
