@@ -155,6 +155,29 @@ def _cut(pieces: list[_Piece]) -> int | None:
     return before or None
 
 
+def _cut_within(pieces: list[_Piece], limit: int) -> int | None:
+    """Where the buffer can be cut so that the head holds at most ``limit`` rows: before the
+    member that row ``limit`` belongs to (the last boundary in the first ``limit`` rows). When one
+    member fills all ``limit`` rows, before the last buffered member (:func:`_cut`) instead."""
+    at = limit
+    for piece in pieces:
+        if at < piece.table.num_rows:
+            key = piece.keys[at].as_py()
+            break
+        at -= piece.table.num_rows
+    else:
+        return _cut(pieces)
+    before = 0
+    for piece in pieces:
+        if piece.last < key:
+            before += piece.table.num_rows
+            continue
+        if piece.first < key:
+            before += int(pc.sum(pc.less(piece.keys, key)).as_py() or 0)
+        break
+    return before or _cut(pieces)
+
+
 def _split(pieces: list[_Piece], n: int) -> tuple[list[_Piece], list[_Piece]]:
     """The first ``n`` buffered rows and the rest."""
     head: list[_Piece] = []
@@ -318,7 +341,7 @@ def clean_stream(
             pieces.append(_Piece(table, norm, first, last))
             buffered += n
             if buffered >= chunk_rows:
-                cut = _cut(pieces)
+                cut = _cut_within(pieces, chunk_rows)
                 if cut is not None:  # else one member fills the buffer: keep reading (correctness first)
                     head, pieces = _split(pieces, cut)
                     buffered -= cut
