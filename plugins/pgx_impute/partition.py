@@ -64,7 +64,7 @@ def quota(rows: int, total_rows: int, n_buckets: int) -> int:
 def split_points(samples: Sequence[tuple[Sequence[str], int]], n_buckets: int) -> list[str]:
     """The ``n_buckets - 1`` cuts (non-decreasing) of weighted samples ``(keys, rows they stand for)``.
 
-    Bucket ``b`` holds the member keys ``k`` with ``cuts[b-1] <= k < cuts[b]`` (:func:`bucket_bounds`).
+    Bucket ``b`` holds the member keys ``k`` with ``cuts[b-1] <= k < cuts[b]`` (:func:`group_by_bucket`).
     """
     if n_buckets <= 1:
         return []
@@ -84,23 +84,19 @@ def split_points(samples: Sequence[tuple[Sequence[str], int]], n_buckets: int) -
     return cuts
 
 
-def bucket_bounds(sorted_keys: pa.Array, cuts: Sequence[str]) -> list[int]:
-    """Row offsets of each bucket in ``sorted_keys`` (member keys in ascending order): bucket ``b``
-    is rows ``bounds[b]:bounds[b+1]``; ``len(bounds) == len(cuts) + 2``.
+def group_by_bucket(keys: pa.Array, cuts: Sequence[str]) -> tuple[pa.Array | None, list[int]]:
+    """The row order that groups member keys ``keys`` (in any order) by bucket, rows of one bucket
+    keeping their order, and each bucket's row offsets in it: bucket ``b`` is rows
+    ``bounds[b]:bounds[b+1]`` of the grouped rows; ``len(bounds) == len(cuts) + 2``. The order is
+    ``None`` when there is one bucket (nothing to move).
 
-    One sort of cuts and keys together, cuts first among equals: the ``i``-th cut lands at position
-    ``p``, after ``p - i`` keys — the keys below it (a bisect per cut in Python cost 50 s of a
-    1,912-bucket impute of 1 M rows)."""
-    n, m = len(sorted_keys), len(cuts)
-    if m == 0:
-        return [0, n]
-    both = pa.table(
-        {
-            "key": pa.concat_arrays([pa.array(cuts, pa.string()), sorted_keys.cast(pa.string())]),
-            "is_key": pa.concat_arrays([pa.repeat(pa.scalar(False), m), pa.repeat(pa.scalar(True), n)]),
-        }
-    )
-    order = pc.sort_indices(both, sort_keys=[("key", "ascending"), ("is_key", "ascending")])
-    positions = pc.indices_nonzero(pc.less(order, m))  # stable: the cuts keep their order
-    inner = pc.subtract(positions, pa.array(range(m), pa.uint64()))
-    return [0, *inner.to_pylist(), n]
+    A row's bucket is the number of cuts <= its key (a binary search each). Ordering the rows by
+    that small number instead of by key moves them ~2.5 x faster: the rows of a bucket are taken in
+    their own order (58,592 medical rows, 70 MB: 0.07 s against 0.17-0.21 s with 2-6 buckets)."""
+    n = len(keys)
+    if not cuts:
+        return None, [0, n]
+    ids = pc.search_sorted(pa.array(cuts, pa.string()), keys.cast(pa.string()), side="right")
+    order = pc.sort_indices(ids)  # stable
+    starts = pc.search_sorted(ids.take(order), pa.array(range(len(cuts) + 2), ids.type), side="left")
+    return order, starts.to_pylist()

@@ -5,7 +5,7 @@ Out of core, in fan-outs over the executor (step 8):
 0. **sample** (prepare): the member keys of every bronze range are sampled (key column only) and
    cut into ``n`` ranges of about equal rows: the **ordered buckets** of :mod:`pgx_impute.partition`.
 1. **shuffle** (prepare): every bronze object is read in row-group ranges sized to the budget; each
-   range's rows are ordered by member key and written to one scratch file with one record batch per
+   range's rows are grouped by bucket and written to one scratch file with one record batch per
    bucket, so a member's rows from every object and both data types can be gathered.
 2. **buckets** (prepare): bucket ``k`` reads its batches from every shuffle file and runs
    :func:`pgx_impute.rules.impute_bucket` — all rows of its members are present — writing its piece
@@ -152,13 +152,13 @@ def _cuts(config: StoreConfig, uri: str) -> tuple[str, ...]:
 
 
 def shuffle(item: ShuffleItem) -> dict[str, Any]:
-    """Order one range of a bronze object by member key; one record batch per bucket. Returns the index."""
+    """Group one range of a bronze object by bucket; one record batch per bucket. Returns the index."""
     failpoints.hit("impute_shuffle")
     store = _store(item.run.store_config, item.uri)
     with store.open_input(item.uri) as f:
         table = pq.ParquetFile(f).read_row_groups(list(item.row_groups))
     cuts = _cuts(item.run.store_config, item.cuts_uri)[item.stride - 1 :: item.stride]
-    table, bounds = _order_by_member(table, cuts)
+    table, bounds = _group_by_bucket(table, cuts)
     parts = {b: table.slice(bounds[b], bounds[b + 1] - bounds[b]) for b in range(len(bounds) - 1)}
     index = _write_batches(store, item.out_uri, table.schema, parts)
     return {"uri": item.out_uri, "data_type": item.data_type, "rows": table.num_rows, "index": index}
@@ -166,23 +166,23 @@ def shuffle(item: ShuffleItem) -> dict[str, Any]:
 
 def gather(item: GatherItem) -> dict[str, Any]:
     """Split one group's batches from a few first-level files into one batch per bucket of the
-    group: all of them ordered by member key at once, so each bucket is one slice (splitting each
+    group: all of them grouped at once, so each bucket is one slice (splitting each
     batch and concatenating a bucket's slices cost ~1,900 slices and 44 x 115 concatenations a
     gather at 1,912 buckets). Returns the index, as :func:`shuffle` does."""
     store = _store(item.run.store_config, item.out_uri)
     table = pa.concat_tables([_read_batch(store, uri, batch) for uri, batch in item.sources])
-    table, bounds = _order_by_member(table, _cuts(item.run.store_config, item.cuts_uri))
+    table, bounds = _group_by_bucket(table, _cuts(item.run.store_config, item.cuts_uri))
     parts = {b: table.slice(bounds[b], bounds[b + 1] - bounds[b]) for b in range(*item.buckets)}
     index = _write_batches(store, item.out_uri, table.schema, parts)
     return {"uri": item.out_uri, "data_type": item.data_type, "rows": table.num_rows, "index": index}
 
 
-def _order_by_member(table: pa.Table, cuts: Sequence[str]) -> tuple[pa.Table, list[int]]:
-    """The rows ordered by member key (stable: rows of one member keep their order) and the row
-    offsets of each bucket of ``cuts`` in them (:func:`partition.bucket_bounds`)."""
-    keys = partition.member_keys(table[KEY_COLUMN])
-    order = pc.sort_indices(keys)
-    return table.take(order).combine_chunks(), partition.bucket_bounds(keys.take(order), cuts)
+def _group_by_bucket(table: pa.Table, cuts: Sequence[str]) -> tuple[pa.Table, list[int]]:
+    """The rows grouped by bucket of ``cuts`` (single-chunk; a bucket's rows keep their order, so do
+    a member's) and the row offsets of each bucket in them (:func:`partition.group_by_bucket`). The
+    rules sort a bucket themselves: within one its rows may come in any order."""
+    order, bounds = partition.group_by_bucket(partition.member_keys(table[KEY_COLUMN]), cuts)
+    return (table if order is None else table.take(order)).combine_chunks(), bounds
 
 
 def _read_batch(store: ObjectStore, uri: str, batch: int) -> pa.Table:

@@ -26,35 +26,40 @@ def test_cuts_from_weighted_samples_split_rows_evenly() -> None:
     samples = [(partition.sample(pa.array(r), partition.quota(len(r), len(keys), n)), len(r)) for r in ranges]
     cuts = partition.split_points(samples, n)
     assert len(cuts) == n - 1 and cuts == sorted(cuts)
-    ordered = pa.array(sorted(keys))
-    bounds = partition.bucket_bounds(ordered, cuts)
+    _order, bounds = partition.group_by_bucket(pa.array(keys), cuts)
     sizes = [int(b - a) for a, b in itertools.pairwise(bounds)]
     assert sum(sizes) == len(keys)
     assert max(sizes) <= 1.15 * len(keys) / n and min(sizes) >= 0.85 * len(keys) / n, sizes
 
 
-def test_bucket_bounds_keep_a_member_in_one_bucket() -> None:
-    ordered = pa.array(["a", "b", "b", "b", "c", "d"])
-    bounds = partition.bucket_bounds(ordered, ["b", "b", "d"])
-    assert bounds == [0, 1, 1, 5, 6]  # every "b" in bucket 2 (bucket 1 is empty)
-    assert partition.bucket_bounds(ordered, []) == [0, 6]
+def grouped(keys: list[str], cuts: list[str]) -> tuple[list[str], list[int]]:
+    order, bounds = partition.group_by_bucket(pa.array(keys, pa.string()), cuts)
+    return (keys if order is None else [keys[i] for i in order.to_pylist()]), bounds
+
+
+def test_buckets_keep_a_member_in_one_bucket() -> None:
+    rows, bounds = grouped(["d", "b", "a", "b", "c", "b"], ["b", "b", "d"])
+    assert rows == ["a", "b", "b", "c", "b", "d"] and bounds == [0, 1, 1, 5, 6]  # every "b" in bucket 2
+    assert grouped(["b", "a"], []) == (["b", "a"], [0, 2])
     assert partition.split_points([], 4) == [] and partition.split_points([(["x"], 3)], 1) == []
 
 
-def test_bucket_bounds_agree_with_a_bisect_per_cut() -> None:
+def test_a_key_goes_to_the_bucket_a_bisect_of_the_cuts_names_and_keeps_its_order_there() -> None:
     rng = random.Random(11)
     alphabet = ["", "0", "00", "1", "a", "é", "\u00ff", "z", "\U0001f600"]
     for _ in range(200):
-        keys = sorted("".join(rng.choices(alphabet, k=rng.randrange(3))) for _ in range(rng.randrange(40)))
+        keys = ["".join(rng.choices(alphabet, k=rng.randrange(3))) for _ in range(rng.randrange(40))]
         cuts = sorted("".join(rng.choices(alphabet, k=rng.randrange(3))) for _ in range(rng.randrange(8)))
-        expected = [0, *(bisect.bisect_left(keys, c) for c in cuts), len(keys)]
-        assert partition.bucket_bounds(pa.array(keys, pa.string()), cuts) == expected, (keys, cuts)
+        bucket = [bisect.bisect_right(cuts, k) for k in keys]
+        expected = [k for b in range(len(cuts) + 1) for k, kb in zip(keys, bucket, strict=True) if kb == b]
+        counts = [bucket.count(b) for b in range(len(cuts) + 1)]
+        assert grouped(keys, cuts) == (expected, [0, *itertools.accumulate(counts)]), (keys, cuts)
 
 
 def test_few_distinct_keys_leave_later_buckets_empty() -> None:
     cuts = partition.split_points([(["k"] * 10, 1000)], 5)
     assert cuts == ["k"] * 4
-    assert partition.bucket_bounds(pa.array(["k"] * 3), cuts) == [0, 0, 0, 0, 0, 3]
+    assert grouped(["k"] * 3, cuts)[1] == [0, 0, 0, 0, 0, 3]
 
 
 def piece(bucket: int, first: str, last: str) -> dict[str, object]:
