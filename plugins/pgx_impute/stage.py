@@ -120,10 +120,10 @@ class GatherItem:
 
 @dataclass(frozen=True)
 class BucketItem:
-    """Consecutive buckets run by one work item, in runs of them up to :func:`run_bytes` (one run in memory)."""
+    """Consecutive buckets run by one work item in runs of them (:func:`join_runs`), one run in memory."""
 
     run: RunInfo
-    buckets: tuple[tuple[int, tuple[tuple[str, str, int], ...]], ...]  # (bucket, its (data_type, uri, batch)s)
+    runs: tuple[tuple[int, tuple[tuple[str, str, int], ...]], ...]  # (first bucket, its (data_type, uri, batch)s)
     n_buckets: int
     years: tuple[int, ...]
     lookahead_years: int
@@ -193,16 +193,16 @@ def _read_batch(store: ObjectStore, uri: str, batch: int) -> pa.Table:
 
 def _write_batches(
     store: ObjectStore, uri: str, schema: pa.Schema, parts: dict[int, pa.Table]
-) -> list[tuple[int, int]]:
+) -> list[tuple[int, int, int]]:
     """One scratch file with one record batch per bucket that has rows (each a single-chunk slice):
-    ``(bucket, batch)`` pairs."""
-    index: list[tuple[int, int]] = []
+    ``(bucket, batch, Arrow bytes)``."""
+    index: list[tuple[int, int, int]] = []
     options = _scratch_ipc(store)
     with store.open_output(uri, durable=False) as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
         for bucket, table in sorted(parts.items()):
             if table.num_rows:
                 writer.write_batch(table.to_batches()[0])  # one chunk: one batch
-                index.append((bucket, len(index)))
+                index.append((bucket, len(index), table.nbytes))
     return index
 
 
@@ -215,9 +215,8 @@ def impute_buckets(item: BucketItem) -> dict[str, Any]:
         readers = _Readers(store)
         stack.callback(readers.close)
         pieces = _Pieces(item, store, stack)
-        for bucket, bronze in _bucket_runs(item, readers):
-            res = rules.impute_bucket(bronze, item.years, item.lookahead_years)
-            del bronze
+        for bucket, sources in item.runs:
+            res = _impute_run(sources, readers, item)
             pieces.bucket = bucket
             for dt in DATA_TYPES:
                 body, runs = rules.silver_partition_runs(res.silver[dt])
@@ -266,33 +265,40 @@ def run_bytes(memory_budget_mb: int) -> int:
     return int(memory_budget_mb * MB / rules.PEAK_FACTOR["arrow"])
 
 
-def _bucket_runs(item: BucketItem, readers: _Readers) -> Iterator[tuple[int, dict[str, pa.Table]]]:
-    """The item's buckets in runs of consecutive ones, each run's bronze by data type up to
-    :func:`run_bytes`, with the run's first bucket. Buckets are ranges of member keys and the rules
-    work per member, so the rules on a run give what they give on its buckets one by one: buckets
-    far smaller than the budget (a count forced by ``with.buckets``, a scale model) cost the rules'
+Run = tuple[int, tuple[tuple[str, str, int], ...]]  # (first bucket, the (data_type, uri, batch)s of its buckets)
+
+
+def join_runs(buckets: Sequence[Run], sizes: dict[int, int], limit: int) -> list[Run]:
+    """Consecutive buckets joined into runs of at most ``limit`` bronze bytes (``sizes``: per
+    bucket), a bucket larger than that alone. Buckets are ranges of member keys and the rules work
+    per member, so the rules on a run give what they give on its buckets one by one: buckets far
+    smaller than the budget (a count forced by ``with.buckets``, a scale model) cost the rules'
     fixed ~100 kernel calls and their pieces once per run, not per bucket, as Spark's adaptive
-    execution coalesces small shuffle partitions. A bucket the size the budget allows is a run of
-    its own."""
-    limit = run_bytes(item.run.memory_budget_mb)
+    execution coalesces small shuffle partitions. Planned from the sizes the shuffle measured, so
+    an item never holds the next run while the rules work on one."""
+    runs: list[Run] = []
+    sources: list[tuple[str, str, int]] = []
     first, size = -1, 0
-    tables: dict[str, list[pa.Table]] = {dt: [] for dt in DATA_TYPES}
+    for bucket, srcs in buckets:
+        if sources and size + sizes.get(bucket, 0) > limit:
+            runs.append((first, tuple(sources)))
+            sources, size = [], 0
+        first = bucket if not sources else first
+        sources.extend(srcs)
+        size += sizes.get(bucket, 0)
+    if sources:
+        runs.append((first, tuple(sources)))
+    return runs
 
-    def run() -> dict[str, pa.Table]:
-        return {dt: pa.concat_tables(ts) if ts else rules.bronze_schema(dt).empty_table() for dt, ts in tables.items()}
 
-    for bucket, sources in item.buckets:
-        batches = [(data_type, readers.batch(uri, batch)) for data_type, uri, batch in sources]
-        nbytes = sum(t.get_total_buffer_size() for _dt, t in batches)  # not sliced; .nbytes costs ~0.2 ms
-        if first >= 0 and size + nbytes > limit:
-            yield first, run()
-            first, size, tables = -1, 0, {dt: [] for dt in DATA_TYPES}
-        first = bucket if first < 0 else first
-        size += nbytes
-        for data_type, table in batches:
-            tables[data_type].append(table)
-    if first >= 0:
-        yield first, run()
+def _impute_run(sources: Sequence[tuple[str, str, int]], readers: _Readers, item: BucketItem) -> rules.BucketResult:
+    """The rules on one run of buckets: its batches of both data types, read through the item's open files."""
+    by_type: dict[str, list[pa.Table]] = {dt: [] for dt in DATA_TYPES}
+    for data_type, uri, batch in sources:
+        by_type[data_type].append(readers.batch(uri, batch))
+    bronze = {dt: pa.concat_tables(ts) if ts else rules.bronze_schema(dt).empty_table() for dt, ts in by_type.items()}
+    del by_type
+    return rules.impute_bucket(bronze, item.years, item.lookahead_years)
 
 
 class _Readers:
@@ -359,7 +365,7 @@ class _Pieces:
 
     def __init__(self, item: BucketItem, store: ObjectStore, stack: contextlib.ExitStack) -> None:
         self.item, self.store, self.stack = item, store, stack
-        self.bucket = item.buckets[0][0]  # the bucket being put
+        self.bucket = item.runs[0][0]  # the (first) bucket being put
         self.writers: dict[str, tuple[str, Any]] = {}  # kind -> (uri, IPC writer)
         self.batches: dict[str, int] = {}
         self.index: dict[str, list[dict[str, Any]]] = {}
@@ -369,7 +375,7 @@ class _Pieces:
 
     def _writer(self, kind: str, schema: pa.Schema) -> tuple[str, Any]:
         if kind not in self.writers:
-            uri = paths.join(self.item.scratch, "pieces", kind, f"b{self.item.buckets[0][0]:06d}.arrow")
+            uri = paths.join(self.item.scratch, "pieces", kind, f"b{self.item.runs[0][0]:06d}.arrow")
             sink = self.stack.enter_context(self.store.open_output(uri, durable=False))
             options = _scratch_ipc(self.store)
             self.writers[kind] = uri, self.stack.enter_context(pa.ipc.new_file(sink, schema, options=options))
@@ -597,8 +603,8 @@ class ImputeStage(Stage[ImputeParams]):
         cuts_uri = paths.join(scratch, "cuts.json")
         cuts = self._sample_cuts(bronze, n_buckets, fan_out)
         self.store_for(scratch).write_bytes(cuts_uri, json.dumps(cuts).encode())
-        per_bucket = self._shuffle(bronze, cuts_uri, n_buckets, fan_out)
-        pieces, totals = self._impute_buckets(per_bucket, n_buckets, bronze.arrow_bytes, fan_out)
+        shuffled = self._shuffle(bronze, cuts_uri, n_buckets, fan_out)
+        pieces, totals = self._impute_buckets(shuffled, n_buckets, bronze.arrow_bytes, fan_out)
         self._drop_scratch("shuffle", "gather")  # every bucket has read them: assembly reads the pieces
         for dt in DATA_TYPES:
             counts = totals["counts"]
@@ -667,8 +673,8 @@ class ImputeStage(Stage[ImputeParams]):
 
     def _shuffle(
         self, bronze: _Bronze, cuts_uri: str, n_buckets: int, fan_out: Callable[..., Iterator[Any]]
-    ) -> BucketSources:
-        """Bucket ``b``'s batches: ``(data_type, scratch file, batch)``. One level: every range
+    ) -> tuple[BucketSources, dict[int, int]]:
+        """Bucket ``b``'s batches, ``(data_type, scratch file, batch)``, and its Arrow bytes. One level: every range
         writes a batch per bucket, which each bucket then reads from every range (ranges x
         buckets reads). Two levels when that is many: ranges write a batch per group of ``stride``
         buckets, gather items regroup those per bucket, and a bucket reads only its group's files."""
@@ -681,7 +687,7 @@ class ImputeStage(Stage[ImputeParams]):
             for i, (dt, uri, rgs, _rows) in enumerate(bronze.shuffle)
         ]  # fmt: skip
         started = time.monotonic()
-        per_bucket = self._collect(fan_out(shuffle, items), bronze.rows, "shuffle")
+        per_bucket, sizes = self._collect(fan_out(shuffle, items), bronze.rows, "shuffle")
         if stride > 1:
             gathers = []
             for group, sources in sorted(per_bucket.items()):
@@ -691,7 +697,7 @@ class ImputeStage(Stage[ImputeParams]):
                     for i in range(0, len(mine), stride):
                         out = paths.join(scratch, "gather", f"g{group:06d}-{dt}-{i // stride:06d}.arrow")
                         gathers.append(GatherItem(self.run, dt, buckets, tuple(mine[i : i + stride]), cuts_uri, out))
-            per_bucket = self._collect(fan_out(gather, gathers), bronze.rows, "gather")
+            per_bucket, sizes = self._collect(fan_out(gather, gathers), bronze.rows, "gather")
             self._drop_scratch("shuffle")  # regrouped: the buckets read the gather files
         log.info(
             "impute shuffle done",
@@ -704,28 +710,38 @@ class ImputeStage(Stage[ImputeParams]):
                 "duration_sec": round(time.monotonic() - started, 3),
             },
         )
-        return per_bucket
+        return per_bucket, sizes
 
     @staticmethod
-    def _collect(done: Iterator[dict[str, Any]], rows: dict[str, int], what: str) -> BucketSources:
+    def _collect(
+        done: Iterator[dict[str, Any]], rows: dict[str, int], what: str
+    ) -> tuple[BucketSources, dict[int, int]]:
+        """Each bucket's batches and its Arrow bytes."""
         per_bucket: BucketSources = {}
+        sizes: dict[int, int] = {}
         moved = dict.fromkeys(DATA_TYPES, 0)
         for res in done:
             moved[res["data_type"]] += res["rows"]
-            for bucket, batch in res["index"]:
+            for bucket, batch, nbytes in res["index"]:
                 per_bucket.setdefault(bucket, []).append((res["data_type"], res["uri"], batch))
+                sizes[bucket] = sizes.get(bucket, 0) + nbytes
         if moved != rows:  # never trust a count we did not make ourselves
             raise ConservationError(f"impute {what} moved {moved} rows, bronze holds {rows}")
-        return per_bucket
+        return per_bucket, sizes
 
     def _impute_buckets(
-        self, per_bucket: BucketSources, n_buckets: int, arrow_bytes: int, fan_out: Callable[..., Iterator[Any]]
+        self,
+        shuffled: tuple[BucketSources, dict[int, int]],
+        n_buckets: int,
+        arrow_bytes: int,
+        fan_out: Callable[..., Iterator[Any]],
     ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+        per_bucket, sizes = shuffled
         buckets = [(b, tuple(sorted(srcs))) for b, srcs in sorted(per_bucket.items())]
-        size = bucket_group_size(n_buckets, arrow_bytes)
+        size, limit = bucket_group_size(n_buckets, arrow_bytes), run_bytes(self.run.memory_budget_mb)
         items = [
-            BucketItem(self.run, tuple(buckets[i : i + size]), n_buckets, self.run.years, self.params.lookahead_years,
-                       self._scratch())
+            BucketItem(self.run, tuple(join_runs(buckets[i : i + size], sizes, limit)), n_buckets, self.run.years,
+                       self.params.lookahead_years, self._scratch())
             for i in range(0, len(buckets), size)
         ]  # fmt: skip
         pieces: dict[str, list[dict[str, Any]]] = {}

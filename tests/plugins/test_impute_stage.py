@@ -175,6 +175,42 @@ def test_small_buckets_run_the_rules_together_and_give_the_same_silver(
     assert digests[0] == digests[1] == digests[2]
 
 
+def test_an_item_reads_a_run_only_when_the_rules_are_done_with_the_previous_one(
+    bronze_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory: while the rules work on a bucket as large as the budget allows, the next one is not
+    in memory yet (runs are planned from the sizes the shuffle measured, not found by reading)."""
+    from pgx_impute import rules, stage
+
+    events: list[str] = []
+    real_rules, real_read = rules.impute_bucket, stage._Readers.batch
+
+    def rules_spy(*args: Any, **kwargs: Any) -> rules.BucketResult:
+        events.append("rules")
+        return real_rules(*args, **kwargs)
+
+    def read_spy(self: stage._Readers, uri: str, batch: int) -> pa.Table:
+        events.append("read")
+        return real_read(self, uri, batch)
+
+    runs: list[int] = []
+    real_item = stage.impute_buckets
+
+    def item_spy(item: stage.BucketItem) -> dict[str, Any]:
+        runs.extend(len(sources) for _bucket, sources in item.runs)
+        return real_item(item)
+
+    monkeypatch.setattr(rules, "impute_bucket", rules_spy)
+    monkeypatch.setattr(stage._Readers, "batch", read_spy)
+    monkeypatch.setattr(stage, "impute_buckets", item_spy)
+    monkeypatch.setattr(stage, "run_bytes", lambda _mb: 0)  # a run per bucket, as full buckets are
+    monkeypatch.setattr(stage, "bucket_group_size", lambda *_a: 40)  # one item: its events in order
+    lake = clone(bronze_lake, tmp_path / "l")
+    assert run(write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 40}}], "runs"))[0] == 0
+    reads_before = [len(chunk) for chunk in "".join("r" if e == "read" else "|" for e in events).split("|")[:-1]]
+    assert len(runs) >= 38 and reads_before == runs  # before the rules on a run: that run's batches only
+
+
 def test_a_two_level_shuffle_gives_the_same_silver(
     bronze_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,7 +242,8 @@ def test_small_buckets_share_work_items_and_join_their_pieces(
     bronze_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """300 buckets of ~30 rows: items of consecutive buckets, whose in-order pieces of one output
-    join into one — the index and the assembly reads grow with the items, not with the buckets."""
+    join into one — the index and the assembly reads grow with the items, not with the buckets
+    (here with the rules run on each bucket alone, as buckets the budget fills are)."""
     from pgx_impute import stage
 
     items: list[tuple[int, dict[str, int]]] = []
@@ -214,10 +251,11 @@ def test_small_buckets_share_work_items_and_join_their_pieces(
 
     def spy(item: stage.BucketItem) -> dict[str, Any]:
         res = real(item)
-        items.append((len(item.buckets), {out: len(ps) for out, ps in res["pieces"].items()}))
+        items.append((len(item.runs), {out: len(ps) for out, ps in res["pieces"].items()}))
         return res
 
     monkeypatch.setattr(stage, "impute_buckets", spy)
+    monkeypatch.setattr(stage, "run_bytes", lambda _mb: 0)
     lake = clone(bronze_lake, tmp_path / "l")
     assert run(write_spec(tmp_path, lake, [{"use": "impute", "with": {"buckets": 300}}], "joined"))[0] == 0
     size = stage.bucket_group_size(300, 1 << 30)
@@ -225,6 +263,18 @@ def test_small_buckets_share_work_items_and_join_their_pieces(
     assert sorted(n for n, _ in items)[1] == size  # all full but the last
     # One piece per output per item (quarantine also holds rows with no key, which sort apart).
     assert all(count == 1 for _, pieces in items for out, count in pieces.items() if "quarantine" not in out)
+
+
+def test_runs_join_consecutive_buckets_up_to_the_limit_and_a_large_bucket_stands_alone() -> None:
+    from pgx_impute.stage import join_runs
+
+    buckets = [(b, (("medical", f"g{b}", 0), ("pharmacy", f"g{b}", 1))) for b in range(6)]
+    sizes = {0: 40, 1: 50, 2: 300, 3: 10, 4: 20, 5: 90}
+    runs = join_runs(buckets, sizes, 100)
+    assert [first for first, _ in runs] == [0, 2, 3, 5]  # 40+50 | 300 alone | 10+20 | 90
+    assert [len(sources) for _, sources in runs] == [4, 2, 4, 2]
+    assert runs[0][1] == buckets[0][1] + buckets[1][1]  # the buckets' batches, in bucket order
+    assert join_runs(buckets, sizes, 0) == buckets  # a run per bucket
 
 
 def test_buckets_per_item_grow_only_when_buckets_are_small() -> None:
