@@ -136,23 +136,24 @@ class _Piece:
         return _Piece(self.table.slice(n), self.keys.slice(n), self.keys[n].as_py(), self.last)
 
 
-def _cut(pieces: list[_Piece]) -> int | None:
-    """Rows before the last buffered member's first row: where the buffer can be cut (None: one member).
-
-    Keys ascend across the pieces, so whole pieces before the last member are recognized by their
-    last key and only the piece where that member starts is scanned: a long member costs
-    O(pieces), not O(rows), per call.
-    """
-    last = pieces[-1].last
+def _rows_before(pieces: list[_Piece], key: str) -> int:
+    """Buffered rows whose key sorts before ``key``. Keys ascend across the pieces, so whole pieces
+    are counted by their last key and only the piece where ``key`` starts is scanned: a long member
+    costs O(pieces), not O(rows), per call."""
     before = 0
     for piece in pieces:
-        if piece.last < last:
+        if piece.last < key:
             before += piece.table.num_rows
             continue
-        if piece.first < last:
-            before += int(pc.sum(pc.less(piece.keys, last)).as_py() or 0)
+        if piece.first < key:
+            before += int(pc.sum(pc.less(piece.keys, key)).as_py() or 0)
         break
-    return before or None
+    return before
+
+
+def _cut(pieces: list[_Piece]) -> int | None:
+    """Rows before the last buffered member's first row: where the buffer can be cut (None: one member)."""
+    return _rows_before(pieces, pieces[-1].last) or None
 
 
 def _cut_within(pieces: list[_Piece], limit: int) -> int | None:
@@ -162,20 +163,9 @@ def _cut_within(pieces: list[_Piece], limit: int) -> int | None:
     at = limit
     for piece in pieces:
         if at < piece.table.num_rows:
-            key = piece.keys[at].as_py()
-            break
+            return _rows_before(pieces, piece.keys[at].as_py()) or _cut(pieces)
         at -= piece.table.num_rows
-    else:
-        return _cut(pieces)
-    before = 0
-    for piece in pieces:
-        if piece.last < key:
-            before += piece.table.num_rows
-            continue
-        if piece.first < key:
-            before += int(pc.sum(pc.less(piece.keys, key)).as_py() or 0)
-        break
-    return before or _cut(pieces)
+    return _cut(pieces)
 
 
 def _split(pieces: list[_Piece], n: int) -> tuple[list[_Piece], list[_Piece]]:
