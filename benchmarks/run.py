@@ -129,12 +129,13 @@ class ChildResult:
     load_after: float
 
 
-def run_child(cmd: list[str], env: dict[str, str] | None = None) -> ChildResult:
-    """Run ``cmd``; wall time, its own rusage (os.wait4) and the sampled peak RSS of its tree."""
+def run_child(cmd: list[str], env: dict[str, str] | None = None, *, with_stderr: bool = False) -> ChildResult:
+    """Run ``cmd``; wall time, its own rusage (os.wait4) and the sampled peak RSS of its tree. Its
+    output is stdout (with stderr too if ``with_stderr``: where pgx logs)."""
     before = load1()
     with tempfile.TemporaryFile("w+") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if with_stderr else None, env=env)
         peak = own = 0.0
         done = threading.Event()
 
@@ -600,6 +601,26 @@ else:
     return round(float(out.stdout.strip().splitlines()[-1]), 1)
 
 
+_PHASES = {"impute_sampled": "sample", "impute_shuffled": "shuffle", "impute_bucketed": "buckets"}
+
+
+def _impute_phases(log: str, seconds: float) -> dict[str, Any]:
+    """Impute's phase times from its log events, the rest of the stage's time (planning, the
+    assembly of the outputs, promotion) as ``assembly_and_rest``, and the pieces the buckets wrote."""
+    phases: dict[str, float] = {}
+    pieces = None
+    for line in log.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:  # not a log line (Ray's own output, the closing summary's lines)
+            continue
+        if isinstance(event, dict) and event.get("event") in _PHASES:
+            phases[_PHASES[event["event"]]] = event["duration_sec"]
+            pieces = event.get("pieces", pieces)
+    phases["assembly_and_rest"] = round(seconds - sum(phases.values()), 3)
+    return {"phases_sec": phases, "pieces": pieces}
+
+
 def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Impute alone on ``--rows`` rows twice: with the default budget (few buckets), and with the
     bucket count 1.4 B rows need at 2 GB at the budget that makes each bucket as full as a
@@ -630,7 +651,7 @@ def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             lake = root / name
             shutil.copytree(root / "lake" / "bronze", lake / "lake" / "bronze")
             child = run_child([pgx, "run", str(_impute_spec(lake, name, budget, buckets)), "--json",
-                               "--log-level", "WARNING"])
+                               "--log-level", "INFO"], with_stderr=True)
             if child.returncode != 0:
                 sys.exit(f"impute ({name}) exited {child.returncode}: {child.stdout[-2000:]}")
             [summary] = (lake / "lake" / "pgx_pipeline" / "global_imputation").glob("run_id=*/summary.json")
@@ -639,7 +660,8 @@ def scale_model(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                           "rows_per_sec": round(rows / doc["duration_sec"]),
                           "peak_item_rss_mb": doc.get("resources", {}).get("peak_item_rss_mb"),
                           "driver_peak_rss_mb": round(child.own_peak_mb),
-                          "silver_sha256": _silver_digest(lake / "lake")}
+                          "silver_sha256": _silver_digest(lake / "lake"),
+                          **_impute_phases(child.stdout, doc["duration_sec"])}
             shutil.rmtree(lake, ignore_errors=True)
         return {"rows": rows, "arrow_bytes_per_row": round(row_bytes, 1), "target_buckets": target,
                 "arithmetic": (f"ceil({PRODUCTION_ROWS:,} rows x {row_bytes:.0f} B x {PEAK_FACTOR['arrow']} / "
