@@ -118,19 +118,20 @@ class GatherItem:
     out_uri: str
 
 
+BucketSources = dict[int, list[tuple[str, str, int]]]  # bucket -> [(data_type, scratch file, batch)]
+Run = tuple[int, tuple[tuple[str, str, int], ...]]  # (first bucket, the (data_type, uri, batch)s of its buckets)
+
+
 @dataclass(frozen=True)
 class BucketItem:
     """Consecutive buckets run by one work item in runs of them (:func:`join_runs`), one run in memory."""
 
     run: RunInfo
-    runs: tuple[tuple[int, tuple[tuple[str, str, int], ...]], ...]  # (first bucket, its (data_type, uri, batch)s)
+    runs: tuple[Run, ...]
     n_buckets: int
     years: tuple[int, ...]
     lookahead_years: int
     scratch: str
-
-
-BucketSources = dict[int, list[tuple[str, str, int]]]  # bucket -> [(data_type, scratch file, batch)]
 
 
 def _store(config: StoreConfig, uri: str) -> ObjectStore:
@@ -263,9 +264,6 @@ def run_bytes(memory_budget_mb: int) -> int:
     """Bronze bytes (Arrow) that one call of the rules may take: its peak, ~PEAK_FACTOR x that,
     is the budget — the size :func:`rules.estimate_bucket_count` gives a bucket."""
     return int(memory_budget_mb * MB / rules.PEAK_FACTOR["arrow"])
-
-
-Run = tuple[int, tuple[tuple[str, str, int], ...]]  # (first bucket, the (data_type, uri, batch)s of its buckets)
 
 
 def join_runs(buckets: Sequence[Run], sizes: dict[int, int], limit: int) -> list[Run]:
@@ -603,8 +601,8 @@ class ImputeStage(Stage[ImputeParams]):
         cuts_uri = paths.join(scratch, "cuts.json")
         cuts = self._sample_cuts(bronze, n_buckets, fan_out)
         self.store_for(scratch).write_bytes(cuts_uri, json.dumps(cuts).encode())
-        shuffled = self._shuffle(bronze, cuts_uri, n_buckets, fan_out)
-        pieces, totals = self._impute_buckets(shuffled, n_buckets, bronze.arrow_bytes, fan_out)
+        per_bucket, sizes = self._shuffle(bronze, cuts_uri, n_buckets, fan_out)
+        pieces, totals = self._impute_buckets(per_bucket, sizes, n_buckets, bronze.arrow_bytes, fan_out)
         self._drop_scratch("shuffle", "gather")  # every bucket has read them: assembly reads the pieces
         for dt in DATA_TYPES:
             counts = totals["counts"]
@@ -674,10 +672,11 @@ class ImputeStage(Stage[ImputeParams]):
     def _shuffle(
         self, bronze: _Bronze, cuts_uri: str, n_buckets: int, fan_out: Callable[..., Iterator[Any]]
     ) -> tuple[BucketSources, dict[int, int]]:
-        """Bucket ``b``'s batches, ``(data_type, scratch file, batch)``, and its Arrow bytes. One level: every range
-        writes a batch per bucket, which each bucket then reads from every range (ranges x
-        buckets reads). Two levels when that is many: ranges write a batch per group of ``stride``
-        buckets, gather items regroup those per bucket, and a bucket reads only its group's files."""
+        """Bucket ``b``'s batches, ``(data_type, scratch file, batch)``, and its Arrow bytes. One
+        level: every range writes a batch per bucket, which each bucket then reads from every range
+        (ranges x buckets reads). Two levels when that is many: ranges write a batch per group of
+        ``stride`` buckets, gather items regroup those per bucket, and a bucket reads only its
+        group's files."""
         scratch = self._scratch()
         remote = self.store_for(scratch).remote
         stride = shuffle_stride(len(bronze.shuffle), n_buckets, bronze.arrow_bytes, remote=remote)
@@ -731,12 +730,12 @@ class ImputeStage(Stage[ImputeParams]):
 
     def _impute_buckets(
         self,
-        shuffled: tuple[BucketSources, dict[int, int]],
+        per_bucket: BucketSources,
+        sizes: dict[int, int],
         n_buckets: int,
         arrow_bytes: int,
         fan_out: Callable[..., Iterator[Any]],
     ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
-        per_bucket, sizes = shuffled
         buckets = [(b, tuple(sorted(srcs))) for b, srcs in sorted(per_bucket.items())]
         size, limit = bucket_group_size(n_buckets, arrow_bytes), run_bytes(self.run.memory_budget_mb)
         items = [
