@@ -33,18 +33,18 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pgx_core.demo import demo_spec, prepare_lake  # noqa: E402
 from pgx_core.pluginmanager import make_plugin_manager  # noqa: E402
+from pgx_core.project import make_project  # noqa: E402
 from tests.integration.ray_head import head_env, ray_cluster  # noqa: E402
 
 
-def one_run(data: Path, maps: Path, nodes: int, budget_mb: int) -> dict[str, Any]:
+def one_run(data: Path, project: Path, nodes: int, budget_mb: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="pgx-scaling-"))
     try:
         shutil.copytree(data, work / "lake" / "raw")
         env = head_env()
         with ray_cluster(env, workers=nodes) as cluster:
-            doc = demo_spec((work / "lake").as_uri(), set(make_plugin_manager().registry.names()), "ray", maps)
+            doc, _ = make_project(project, make_plugin_manager(), sample_rows=0, lake=(work / "lake").as_uri())
             doc["spec"]["executor"] = {"address": cluster.client_address, "memoryBudgetMb": budget_mb}
             spec = work / "spec.yaml"
             spec.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -91,8 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pgx-scaling-data-"))
     try:
-        maps = prepare_lake(root, rows=args.rows)
-        runs = [one_run(root / "lake" / "raw", maps, int(n), args.budget_mb) for n in args.nodes.split(",")]
+        make_project(root, make_plugin_manager(), sample_rows=args.rows)
+        runs = [one_run(root / "lake" / "raw", root, int(n), args.budget_mb) for n in args.nodes.split(",")]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = {

@@ -170,27 +170,23 @@ def parquet_files(root: Path) -> list[Path]:
 
 
 def prepare(root: Path, rows: int, seed: int) -> None:
-    """Raw extracts into ``root/lake/raw/<type>/`` and the demo maps into ``root/maps`` (untimed)."""
-    from pgx_core.demo import prepare_lake
+    """Raw extracts into ``root/lake/raw/<type>/`` and the example maps into ``root/maps`` (untimed)."""
+    from pgx_core.pluginmanager import make_plugin_manager
+    from pgx_core.project import make_project
 
-    prepare_lake(root, rows=rows, seed=seed)
+    make_project(root, make_plugin_manager(), sample_rows=rows, seed=seed)
 
 
 def write_spec(root: Path, executor: str, budget_mb: int) -> Path:
+    """The project's pipeline (without the example plugin's line-count) at ``budget_mb``."""
     import yaml
 
-    from pgx_core.demo import pipeline
+    from pgx_core.pluginmanager import make_plugin_manager
+    from pgx_core.project import make_project
 
-    maps = root / "maps"
-    stages = [s for s in pipeline((maps / "target_icd_mapping.json").as_uri(), (maps / "drug_map.json").as_uri())
-              if s["use"] != "line-count"]
-    doc = {
-        "apiVersion": "pgx.io/v1alpha1",
-        "kind": "PipelineRun",
-        "metadata": {"name": "bench"},
-        "spec": {"lake": (root / "lake").as_uri(), "executor": {"type": executor, "memoryBudgetMb": budget_mb},
-                 "stages": stages},
-    }
+    doc, _ = make_project(root, make_plugin_manager(), sample_rows=0, name="bench", executor=executor)
+    doc["spec"]["executor"]["memoryBudgetMb"] = budget_mb
+    doc["spec"]["stages"] = [s for s in doc["spec"]["stages"] if s["use"] != "line-count"]
     path = root / "bench.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -320,14 +316,16 @@ def job(kind: str, root: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - start
     elif kind in ("duckdb-clean-pharmacy", "duckdb-clean-medical"):
         sys.path.insert(0, str(HERE))
+        import json
+        from importlib import resources
+
         import bench_clean_rules
         from pgx_clean.rules import load_drug_map
 
-        from pgx_core.demo import DRUG_MAP
-
         dataset = "pharmacy" if kind.endswith("pharmacy") else "medical"
         con = duckdb.connect()
-        entries = load_drug_map(DRUG_MAP).entries if dataset == "pharmacy" else {}
+        drug_map = json.loads((resources.files("pgx_apcd") / "maps" / "drug_map.json").read_text())
+        entries = load_drug_map(drug_map).entries if dataset == "pharmacy" else {}
         con.register("drug_map", pa.table({"variant": pa.array(list(entries), pa.string()),
                                            "target": pa.array(list(entries.values()), pa.string())}))
         con.execute(f"CREATE VIEW silver AS SELECT * FROM read_parquet("

@@ -61,14 +61,11 @@ class RequestLog(logging.Handler):
 
 
 def _spec(root: Path, lake: str, endpoint: str, budget_mb: int) -> Path:
-    from pgx_core.demo import pipeline
+    from pgx_core.pluginmanager import make_plugin_manager
+    from pgx_core.project import make_project
 
-    maps = root / "maps"
-    stages = [
-        s
-        for s in pipeline((maps / "target_icd_mapping.json").as_uri(), (maps / "drug_map.json").as_uri())
-        if s["use"] != "line-count"
-    ]
+    project, _ = make_project(root, make_plugin_manager(), sample_rows=0)
+    stages = [s for s in project["spec"]["stages"] if s["use"] != "line-count"]
     doc = {
         "apiVersion": "pgx.io/v1alpha1",
         "kind": "PipelineRun",
@@ -94,7 +91,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "s3_requests.json")
     args = ap.parse_args()
 
-    from pgx_core.demo import prepare_lake
+    from pgx_core.pluginmanager import make_plugin_manager
+    from pgx_core.project import make_project
 
     log = RequestLog()
     werkzeug = logging.getLogger("werkzeug")
@@ -112,7 +110,7 @@ def main() -> None:
         client.create_bucket(Bucket=BUCKET)
         with tempfile.TemporaryDirectory(prefix="pgx-s3req-") as tmp:
             root = Path(tmp)
-            prepare_lake(root, rows=args.rows, seed=7)
+            make_project(root, make_plugin_manager(), sample_rows=args.rows)
             for f in sorted((root / "lake" / "raw").rglob("*.txt")):
                 client.upload_file(str(f), BUCKET, f"lake/raw/{f.parent.name}/{f.name}")
             spec = _spec(root, f"s3://{BUCKET}/lake", endpoint, args.budget_mb)

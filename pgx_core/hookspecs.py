@@ -1,9 +1,14 @@
 """Hook specifications of pgx. Every hook is prefixed ``pgx_`` and runs in the driver.
 
 Plugins implement these with ``@pgx_core.hookspecs.hookimpl``. Stages are *registered* through
-:func:`pgx_register_stages`; the core then calls the Stage class directly. The lifecycle hooks are
-for cross-cutting concerns (notifications, lineage, metrics) and each is fired in exactly one place
-(:mod:`pgx_core.runner`). Workers never call hooks: the plugin manager stays in the driver.
+:func:`pgx_register_stages`; the core then calls the Stage class directly. A plugin may also add
+commands to the ``pgx`` command line (:func:`pgx_add_commands`), its part of a new project or demo
+(:func:`pgx_init_project`, :func:`pgx_project_stages`) and sections of the run report
+(:func:`pgx_report_sections`): the core names no plugin, so each of these exists only while its
+plugin is installed and enabled. The lifecycle hooks are for cross-cutting concerns
+(notifications, lineage, metrics) and each is fired in exactly one place (:mod:`pgx_core.runner`).
+Workers never call hooks: the plugin manager stays in the driver, and the core calls every hook
+through the typed methods of :class:`pgx_core.pluginmanager.Plugins`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pgx_core.extend import Commands, Project, ReportSection
     from pgx_core.runspec import RunSpec
     from pgx_core.stage import RunInfo, StageRegistry
 
@@ -150,3 +156,73 @@ def pgx_after_promote(run: RunInfo, stage_name: str, entity: str, outputs: list[
 
     Runs in: driver (after the worker reported the promotion).
     """
+
+
+@hookspec
+def pgx_add_commands(commands: Commands) -> None:
+    """Add this plugin's commands to the ``pgx`` command line.
+
+    Called once per ``pgx`` invocation, before the arguments are parsed.
+
+    Args:
+        commands: ``commands.add(Command(...))`` for a command of its own, or
+            ``commands.add_shortcut(module)`` for a command that turns flags into a one-stage run
+            spec and runs it like ``pgx run`` (see :class:`pgx_core.extend.Commands`).
+
+    Returns:
+        Nothing.
+
+    Runs in: driver.
+    """
+
+
+@hookspec
+def pgx_init_project(project: Project) -> None:
+    """Write this plugin's part of a new project (``pgx init``, ``pgx demo``).
+
+    Args:
+        project: the folder being set up. Add input folders and files under ``project.root``,
+            name files the stages need with ``project.add_file(key, path)``, and add a paragraph
+            to the project's README with ``project.add_readme(text)``. Write synthetic sample
+            input only when ``project.sample_rows`` > 0.
+
+    Returns:
+        Nothing.
+
+    Runs in: driver.
+    """
+
+
+@hookspec
+def pgx_project_stages(project: Project) -> list[tuple[int, dict[str, Any]]]:
+    """The stages this plugin adds to a new project's run spec, after every
+    :func:`pgx_init_project` ran.
+
+    Args:
+        project: the project, with the files every plugin named (``project.files``).
+
+    Returns:
+        ``(position, stage)`` pairs: ``stage`` is a ``spec.stages`` entry (``use``, ``name``,
+        ``with``); the spec lists every plugin's stages by position (ingest 10, impute 20,
+        clean 30, update-codes 40, target-frequency 50; third-party stages usually 90).
+        Leave out a stage whose files are missing.
+
+    Runs in: driver.
+    """
+    raise NotImplementedError  # a specification: pluggy calls the plugins' implementations
+
+
+@hookspec
+def pgx_report_sections(summaries: list[dict[str, Any]]) -> list[ReportSection]:
+    """Sections this plugin adds to ``pgx report`` for one run.
+
+    Args:
+        summaries: the run's summary documents (aggregate counts only, never a data value).
+
+    Returns:
+        Sections (:class:`pgx_core.extend.ReportSection`); none when the plugin's stages did not
+        run. They appear after the core's rows and rejects sections, by ``position``.
+
+    Runs in: driver.
+    """
+    raise NotImplementedError  # a specification: pluggy calls the plugins' implementations

@@ -9,16 +9,22 @@ command; a spec that needs one of its stages then fails validation naming it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from pgx_core import hookspecs
 from pgx_core.errors import HookError, PgxError, PluginError, scrub
+from pgx_core.extend import Command, Commands, Project, ReportSection
 from pgx_core.log import get_logger
 from pgx_core.stage import StageRegistry
+
+if TYPE_CHECKING:
+    from pgx_core.runspec import RunSpec
+    from pgx_core.stage import RunInfo
 
 GROUP = "pgx.plugins"
 log = get_logger(__name__)
@@ -52,9 +58,38 @@ class Plugins:
     def stage_plugin(self, stage_type: str) -> PluginInfo | None:
         return next((i for i in self.infos if stage_type in i.stages), None)
 
-    # --- lifecycle hooks ------------------------------------------------------------------------
-    def call(self, hook: str, *, must_succeed: bool = False, **kwargs: Any) -> None:
-        """Fire a lifecycle hook. Observer hooks never break a run: their errors are logged."""
+    # --- lifecycle hooks (each fired in one place of the runner) -------------------------------
+    def before_run(self, run: RunInfo, spec: RunSpec) -> None:
+        self._fire("pgx_before_run", must_succeed=True, run=run, spec=spec)
+
+    def after_run(self, run: RunInfo, exit_code: int, summaries: list[str]) -> None:
+        self._fire("pgx_after_run", run=run, exit_code=exit_code, summaries=summaries)
+
+    def on_run_error(self, run: RunInfo, error: BaseException) -> None:
+        self._fire("pgx_on_run_error", run=run, error=error)
+
+    def before_stage(self, run: RunInfo, stage_name: str, stage_type: str, planned: int, to_run: int) -> None:
+        self._fire(
+            "pgx_before_stage",
+            must_succeed=True,
+            run=run,
+            stage_name=stage_name,
+            stage_type=stage_type,
+            planned=planned,
+            to_run=to_run,
+        )
+
+    def after_stage(self, run: RunInfo, stage_name: str, summary: dict[str, Any]) -> None:
+        self._fire("pgx_after_stage", run=run, stage_name=stage_name, summary=summary)
+
+    def on_stage_error(self, run: RunInfo, stage_name: str, entity: str, error: str) -> None:
+        self._fire("pgx_on_stage_error", run=run, stage_name=stage_name, entity=entity, error=error)
+
+    def after_promote(self, run: RunInfo, stage_name: str, entity: str, outputs: list[str]) -> None:
+        self._fire("pgx_after_promote", run=run, stage_name=stage_name, entity=entity, outputs=outputs)
+
+    def _fire(self, hook: str, *, must_succeed: bool = False, **kwargs: Any) -> None:
+        """Observer hooks never break a run: their errors are logged; ``must_succeed`` ones abort it."""
         try:
             getattr(self.pm.hook, hook)(**kwargs)
         except Exception as exc:
@@ -64,6 +99,39 @@ class Plugins:
                 "hook failed",
                 extra={"event": "hook_failed", "hook": hook, "error": f"{type(exc).__name__}: {scrub(str(exc))}"},
             )
+
+    # --- what plugins add beside stages ----------------------------------------------------------
+    def commands(self, reserved: Sequence[str]) -> list[Command]:
+        """Every enabled plugin's commands (names in ``reserved`` are the core's own)."""
+        commands = Commands(reserved)
+        for impl in self.pm.hook.pgx_add_commands.get_hookimpls():
+            commands._plugin = impl.plugin_name
+            try:
+                impl.function(commands=commands)
+            except Exception as exc:  # the command line works without this plugin's commands
+                self._failed(impl.plugin_name, f"its commands: {type(exc).__name__}: {scrub(str(exc))}")
+        return list(commands)
+
+    def _failed(self, plugin: str, cause: str) -> None:
+        """Record a plugin that failed after loading: ``pgx plugins`` shows it, the log says it."""
+        self.infos = [replace(i, error=cause) if i.name == plugin else i for i in self.infos]
+        log.error("plugin failed", extra={"event": "plugin_failed", "plugin": plugin, "error": cause})
+
+    @property
+    def makes_projects(self) -> bool:
+        """Whether any plugin adds stages to a new project (``pgx init`` and ``pgx demo`` need one)."""
+        return bool(self.pm.hook.pgx_project_stages.get_hookimpls())
+
+    def init_project(self, project: Project) -> list[dict[str, Any]]:
+        """Every plugin's part of ``project``; returns the spec's stages, in position order."""
+        self.pm.hook.pgx_init_project(project=project)
+        placed = [pair for pairs in self.pm.hook.pgx_project_stages(project=project) for pair in pairs]
+        return [stage for _, stage in sorted(placed, key=lambda pair: pair[0])]
+
+    def report_sections(self, summaries: list[dict[str, Any]]) -> list[ReportSection]:
+        """Every plugin's report sections for one run, in position order."""
+        found = [s for sections in self.pm.hook.pgx_report_sections(summaries=summaries) for s in sections]
+        return sorted(found, key=lambda s: s.position)
 
 
 def _disabled() -> set[str]:

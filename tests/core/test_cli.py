@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import pytest
-
+from pgx_core import hookspecs
 from tests.conftest import pgx
 
 THREE_ERRORS = """\
@@ -210,9 +210,9 @@ def test_every_flag_of_the_older_scripts_is_accepted() -> None:
     for command, flags in older.items():
         args = parser.parse_args([command, *flags.split()])
         assert args.command == command
-        notes(args.shortcut, args)
+        notes(args.command_def.shortcut, args)
         if command != "clean":  # its invented --pairs-file does not exist (test_clean_shortcut covers it)
-            assert args.shortcut.build_spec(args)["spec"]["stages"][0]["use"].startswith(command)
+            assert args.command_def.shortcut.build_spec(args)["spec"]["stages"][0]["use"].startswith(command)
 
 
 def test_a_bad_run_id_is_a_usage_error(tmp_path: Path) -> None:
@@ -249,12 +249,35 @@ def test_controller_without_kubeconfig_is_one_line(tmp_path: Path) -> None:
     assert "no Kubernetes configuration" in proc.stderr
 
 
-def test_a_shortcut_whose_plugin_is_missing_leaves_every_other_command_working(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_plugin_whose_commands_fail_leaves_every_other_command_working() -> None:
     from pgx_core import cli
+    from pgx_core.pluginmanager import make_plugin_manager
 
-    monkeypatch.setattr(cli, "SHORTCUTS", ("pgx_no_such_plugin.shortcut", *cli.SHORTCUTS))
-    parser = cli.build_parser()
+    class Broken:
+        @hookspecs.hookimpl
+        def pgx_add_commands(self, commands: Any) -> None:
+            raise RuntimeError("cannot add")
+
+    plugins = make_plugin_manager([("broken", Broken())])
+    parser = cli.build_parser(plugins)
     assert parser.parse_args(["plugins"]).command == "plugins"
     assert parser.parse_args(["impute", "--print-spec"]).command == "impute"
+    broken = next(i for i in plugins.infos if i.name == "broken")
+    assert broken.error is not None and "cannot add" in broken.error
+
+
+def test_a_plugin_may_not_take_a_core_command() -> None:
+    from pgx_core import cli
+    from pgx_core.extend import Command
+    from pgx_core.pluginmanager import make_plugin_manager
+
+    class Greedy:
+        @hookspecs.hookimpl
+        def pgx_add_commands(self, commands: Any) -> None:
+            commands.add(Command("run", "mine", lambda parser: None, lambda args: 0))
+
+    plugins = make_plugin_manager([("greedy", Greedy())])
+    parser = cli.build_parser(plugins)
+    assert parser.parse_args(["run", "spec.yaml"]).func is cli.cmd_run
+    greedy = next(i for i in plugins.infos if i.name == "greedy")
+    assert greedy.error is not None and "the command run, which pgx already has" in greedy.error

@@ -88,5 +88,5 @@ def test_lifecycle_hooks_fire_in_order() -> None:
             calls.append(f"before:{stage_name}")
 
     plugins = make_plugin_manager([("teststage", pgx_teststage), ("rec", Recorder())], entrypoints=False)
-    plugins.call("pgx_before_stage", run=None, stage_name="x", stage_type="copy-table", planned=1, to_run=1)
+    plugins.before_stage(None, "x", "copy-table", 1, 1)  # type: ignore[arg-type]
     assert calls == ["before:x"]

@@ -106,7 +106,7 @@ def test_every_chart_is_embedded_and_written(built: report.ReportPaths) -> None:
     assert len(images) == page.count("<img") == len(built.pngs)
     assert all(img.startswith(PNG_MAGIC) for img in images)
     for png in built.pngs:
-        assert png.parent == built.html.parent and png.read_bytes().startswith(PNG_MAGIC)
+        assert png.parent == built.html.parent / "charts" and png.read_bytes().startswith(PNG_MAGIC)
         assert png.read_bytes() in images  # the page embeds exactly the files written next to it
     # Self-contained: nothing to fetch, nothing to run.
     assert not re.search(r"<script|<link|src=\"(?!data:)|url\(", page)
@@ -120,7 +120,7 @@ def test_sections_and_figures(built: report.ReportPaths, pipeline_run: tuple[Pat
         "Rows through each stage",
         "Rejects and quarantine by reason",
         "Imputation provenance",
-        "Gold partition sizes",
+        "Partition sizes",
         "Durations",
         "All counters",
         "Backups",
@@ -135,9 +135,9 @@ def test_sections_and_figures(built: report.ReportPaths, pipeline_run: tuple[Pat
     for reason, count in ingest["stats"]["rejects"].items():
         assert f'<td>{reason}</td><td class="n">{count:,}</td>' in page
     assert "<td>EMPTY_FILE</td>" in page and "<td>MISSING_MEMBER_KEY</td>" in page
-    # The heat map covers gold of both datasets, from the clean summaries.
+    # The heat map covers gold of both datasets, from the clean summaries (the last to write them).
     parts = report.partitions(list(summaries.values()))
-    assert {d: z for d, (z, _) in parts.items()} == {"medical": "gold", "pharmacy": "gold"}
+    assert {d: s for d, (s, _) in parts.items()} == {"medical": "clean_medical", "pharmacy": "clean_pharmacy"}
     gold_rows = sum(c.rows for _, cells in parts.values() for c in cells.values())
     assert (
         gold_rows
@@ -294,7 +294,10 @@ def test_report_of_synthetic_summaries(lake: tuple[str, StoreConfig], tmp_path: 
     assert "<h2>Code normalization</h2>" in page and "<td>primary_icd_diagnosis_code</td>" in page
     assert "<h2>Failed and locked entities</h2>" in page and "header differs" in page
     assert "<td>SCHEMA_MISMATCH</td>" in page and "<td>lines</td>" in page
-    assert "silver partitions written by impute" in page  # clean did not run: silver fallback
+    # clean did not run: the partitions are impute's silver ones
+    assert {d: s for d, (s, _) in report.partitions(report.load_summaries(uri, RUN, config)).items()} == {
+        "medical": "global_imputation"
+    }
     assert 'class="st partial">partial</span> (exit 2)' in page
     assert OLDER not in page
 

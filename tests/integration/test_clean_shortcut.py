@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 def clean_spec(*argv: str) -> dict[str, Any]:
     """The run spec ``pgx clean ARGV`` builds (parsed by the real CLI parser)."""
     args = build_parser().parse_args(["clean", *argv])
-    doc: dict[str, Any] = args.shortcut.build_spec(args)
+    doc: dict[str, Any] = args.command_def.shortcut.build_spec(args)
     return doc
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pgx_core.demo import demo_spec, prepare_lake
 from pgx_core.pluginmanager import make_plugin_manager
+from pgx_core.project import make_project
 from pgx_core.storage import ObjectStore, StoreConfig, open_store
 from pgx_core.testing import TEST_REGION, _s3_client
 from tests.conftest import pgx, pgx_popen
@@ -42,9 +42,9 @@ def _seed(endpoint: str, lake: str, raw: Path) -> ObjectStore:
     return store
 
 
-def _spec(tmp: Path, name: str, lake: str, maps: Path, *, endpoint: str, executor: dict[str, Any]) -> Path:
-    doc = demo_spec(lake, set(make_plugin_manager().registry.names()), "ray", maps)
-    doc["metadata"]["name"] = name
+def _spec(tmp: Path, name: str, lake: str, project: Path, *, endpoint: str, executor: dict[str, Any]) -> Path:
+    """The run spec of the project at ``project`` (made by the module's fixture), on ``lake``."""
+    doc, _ = make_project(project, make_plugin_manager(), sample_rows=ROWS, name=name, lake=lake)
     doc["spec"]["executor"] = {"memoryBudgetMb": 512, **executor}
     doc["spec"]["s3"] = {"endpointUrl": endpoint, "region": TEST_REGION}
     doc["spec"]["stateRoot"] = f"{lake}/_state"
@@ -55,15 +55,15 @@ def _spec(tmp: Path, name: str, lake: str, maps: Path, *, endpoint: str, executo
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory, moto_s3_server: str) -> tuple[Path, Path, dict[str, bytes]]:
-    """Raw extracts, maps, and the data objects the local executor makes of them (the reference)."""
+    """Raw extracts, the project folder (its maps) and the data objects the local executor makes (the reference)."""
     root = tmp_path_factory.mktemp("cluster")
-    maps = prepare_lake(root, rows=ROWS)
+    make_project(root, make_plugin_manager(), sample_rows=ROWS)
     raw = root / "lake" / "raw"
     lake = _bucket(moto_s3_server, "pgx-cluster-reference")
     store = _seed(moto_s3_server, lake, raw)
-    spec = _spec(root, "reference", lake, maps, endpoint=moto_s3_server, executor={"type": "local"})
+    spec = _spec(root, "reference", lake, root, endpoint=moto_s3_server, executor={"type": "local"})
     pgx("run", str(spec), check=True, timeout=600)
-    return raw, maps, data_objects(store, lake)
+    return raw, root, data_objects(store, lake)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +84,11 @@ def _summaries(store: ObjectStore, lake: str, run_id: str) -> list[dict[str, Any
 def test_a_driver_outside_the_cluster_spreads_the_demo_over_worker_nodes_byte_identical(
     demo: tuple[Path, Path, dict[str, bytes]], cluster: Cluster, moto_s3_server: str, tmp_path: Path
 ) -> None:
-    raw, maps, reference = demo
+    raw, project, reference = demo
     lake = _bucket(moto_s3_server, "pgx-cluster-run")
     store = _seed(moto_s3_server, lake, raw)
-    spec = _spec(tmp_path, "cluster", lake, maps, endpoint=moto_s3_server, executor={"address": cluster.client_address})
+    address = {"address": cluster.client_address}
+    spec = _spec(tmp_path, "cluster", lake, project, endpoint=moto_s3_server, executor=address)
     proc = pgx("run", str(spec), "--json", env=cluster.env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert data_objects(store, lake) == reference
@@ -110,10 +111,10 @@ def _run_losing(
     """A run of the demo on the cluster that loses a node (``victim()`` names it) once impute's
     shuffle has begun: its shuffle, bucket and assembly items then run on every node. Returns
     the exit code, the run's summaries, the lake's store and the lake."""
-    raw, maps, _reference = demo
+    raw, project, _reference = demo
     lake = _bucket(endpoint, f"pgx-cluster-{name}")
     store = _seed(endpoint, lake, raw)
-    spec = _spec(tmp, name, lake, maps, endpoint=endpoint, executor={"address": cluster.client_address})
+    spec = _spec(tmp, name, lake, project, endpoint=endpoint, executor={"address": cluster.client_address})
     proc = pgx_popen("run", str(spec), "--json", env=cluster.env)
     try:
         deadline = time.monotonic() + 600

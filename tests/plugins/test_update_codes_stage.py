@@ -477,7 +477,7 @@ def test_shortcut_maps_the_legacy_command_line_to_a_valid_spec(tmp_path: Path, m
         "--threads",
         "8",
     )
-    shortcut = ns.shortcut
+    shortcut = ns.command_def.shortcut
     doc = shortcut.build_spec(ns)
     assert doc["spec"]["lake"] == lake.as_uri()
     assert doc["spec"]["executor"] == {"maxParallel": 3}

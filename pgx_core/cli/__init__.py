@@ -13,11 +13,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pgx_core import __version__, log
 from pgx_core.errors import PgxError, SpecError, UsageError, scrub
 from pgx_core.exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from pgx_core.pluginmanager import Plugins
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -29,11 +32,10 @@ def _emit(args: argparse.Namespace, doc: Any, human: Callable[[], None]) -> None
         human()
 
 
-def _plugins_and_spec(path: str) -> tuple[Any, Any]:
-    from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
+def _plugins_and_spec(args: argparse.Namespace, path: str) -> tuple[Plugins, Any]:
     from pgx_core.runspec import load_spec  # noqa: PLC0415
 
-    plugins = make_plugin_manager()
+    plugins: Plugins = args.plugins
     try:
         spec = load_spec(path, plugins.registry)
     except SpecError as err:
@@ -50,7 +52,7 @@ def _plugins_and_spec(path: str) -> tuple[Any, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    _, spec = _plugins_and_spec(args.spec)
+    _, spec = _plugins_and_spec(args, args.spec)
     doc = {"valid": True, "spec": args.spec, "fingerprint": spec.fingerprint()}
     if args.show:
         doc["normalized"] = spec.canonical()
@@ -67,9 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
-
-    plugins = make_plugin_manager()
+    plugins: Plugins = args.plugins
     rows: list[dict[str, Any]] = [
         {
             "name": i.name,
@@ -97,7 +97,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def _runner(args: argparse.Namespace, **kw: Any) -> Any:
     from pgx_core.runner import Runner  # noqa: PLC0415
 
-    plugins, spec = _plugins_and_spec(args.spec)
+    plugins, spec = _plugins_and_spec(args, args.spec)
     return Runner(spec, plugins, stages=getattr(args, "stage", None) or None, **kw)
 
 
@@ -269,41 +269,48 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from pgx_apcd.sample import generate  # noqa: PLC0415
+def cmd_init(args: argparse.Namespace) -> int:
+    from pgx_core.project import init_project  # noqa: PLC0415
 
-    manifest = generate(args.outdir, rows=args.rows, seed=args.seed, defects=args.defects)
-    doc = json.loads(manifest.to_json())
-    _emit(args, doc, lambda: print(f"wrote {len(manifest.files)} files under {args.outdir}"))
+    spec_path, doc = init_project(args.dir, args.plugins, sample_rows=args.sample_rows)
+    stages = [s.get("name", s["use"]) for s in doc["spec"]["stages"]]
+    out = {"spec": str(spec_path), "lake": doc["spec"]["lake"], "stages": stages, "sample_rows": args.sample_rows}
+
+    def human() -> None:
+        print(f"pgx project in {spec_path.parent}: {len(out['stages'])} stages ({', '.join(out['stages'])})")
+        print(f"  spec:   {spec_path}")
+        print(f"  lake:   {out['lake']}")
+        print(f"  readme: {spec_path.parent / 'README.md'}")
+        if not args.sample_rows:
+            print(f"next: put the extracts under {spec_path.parent / 'lake' / 'raw'} (see the README), then")
+        print(f"next: pgx run {spec_path}")
+
+    _emit(args, out, human)
     return ExitCode.OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pgx_core.demo import run_demo  # noqa: PLC0415
+    from pgx_core.project import run_demo  # noqa: PLC0415
 
-    return run_demo(args.dir, rows=args.rows, executor=args.executor, as_json=args.json)
-
-
-SHORTCUTS = ("pgx_impute.shortcut", "pgx_clean.shortcut", "pgx_target_frequency.shortcut", "pgx_update_codes.shortcut")
+    return run_demo(args.dir, args.plugins, rows=args.rows, executor=args.executor, as_json=args.json)
 
 
 def cmd_shortcut(args: argparse.Namespace) -> int:
     """A seed-compatible shortcut: the older script's flags as a one-stage run spec, run as ``pgx run``."""
     import yaml  # noqa: PLC0415
 
-    from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
     from pgx_core.runner import Runner  # noqa: PLC0415
     from pgx_core.runspec import validate_document  # noqa: PLC0415
     from pgx_core.shortcuts import notes  # noqa: PLC0415
 
-    shortcut = args.shortcut
+    shortcut = args.command_def.shortcut
     for note in notes(shortcut, args):
         print(note, file=sys.stderr)
     doc = shortcut.build_spec(args)
     if args.print_spec:
         print(yaml.safe_dump(doc, sort_keys=False), end="")
         return ExitCode.OK
-    plugins = make_plugin_manager()
+    plugins = args.plugins
     spec = validate_document(doc, f"pgx {args.command}", plugins.registry)
 
     def make_runner(**kw: Any) -> Runner:
@@ -312,6 +319,12 @@ def cmd_shortcut(args: argparse.Namespace) -> int:
     if getattr(args, "plan_only", False):
         return _show_plan(args, make_runner())
     return _execute(args, make_runner)
+
+
+def _plugin_command(args: argparse.Namespace) -> int:
+    run = args.command_def.run
+    assert run is not None  # a command without one is a shortcut
+    return int(run(args))
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
@@ -349,7 +362,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UsageError(
             "pgx render: --ray-address and --ray-token-secret are for --target job (a RayJob makes its own cluster)"
         )
-    _, spec = _plugins_and_spec(args.spec)
+    _, spec = _plugins_and_spec(args, args.spec)
     image = args.image or DEFAULT_IMAGE
     if args.target == "rayjob":
         workers = RayClusterSettings().worker_replicas if args.workers is None else args.workers
@@ -381,13 +394,34 @@ def _run_id(value: str) -> str:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print one JSON document instead of human output")
-    common.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p = argparse.ArgumentParser(
-        prog="pgx", description="Pipeline runtime for APCD claims data lakes.", parents=[common]
+CORE_COMMANDS = (
+    "validate", "plan", "run", "status", "rollback", "backup", "plugins", "init", "demo", "render", "controller",
+    "report",
+)  # fmt: skip
+
+
+def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--json", action="store_true", default=default, help="print one JSON document instead of human output"
     )
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=default,
+        help="least severe log lines written to standard error (default: INFO)",
+    )  # fmt: skip
+
+
+def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
+    """The command line: the core's commands and those the enabled plugins add."""
+    from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
+
+    plugins = plugins or make_plugin_manager()
+    # Global flags go before or after the command: the command's copy leaves the value alone
+    # unless given there (argparse would otherwise reset what was given before the command).
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, argparse.SUPPRESS)
+    p = argparse.ArgumentParser(prog="pgx", description="Pipeline runtime for APCD claims data lakes.")
+    _global_flags(p, None)
+    p.set_defaults(json=False, log_level="INFO", plugins=plugins)
     p.add_argument("--version", action="version", version=f"pgx {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -427,23 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--region", default=None, help="S3 region (default: $AWS_REGION, else us-east-1)")
 
     add("plugins", cmd_plugins, "installed plugins, versions and stage types")
-
-    sp = add("sample", cmd_sample, "write synthetic APCD extracts")
-    sp.add_argument("outdir")
-    sp.add_argument("--rows", type=int, default=20_000)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--defects", action="store_true", help="plant every reject and quarantine reason at known lines")
-
-    import importlib  # noqa: PLC0415
-
-    for module_name in SHORTCUTS:
-        try:
-            shortcut = importlib.import_module(module_name)
-        except ImportError:  # its plugin is not installed: every other command still works
-            continue
-        sp = add(shortcut.COMMAND, cmd_shortcut, shortcut.HELP)
-        shortcut.add_arguments(sp)
-        sp.set_defaults(shortcut=shortcut)
 
     sp = add("render", cmd_render, "print the Kubernetes objects that run SPEC in a cluster")
     sp.add_argument("spec")
@@ -485,10 +502,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lake", help="lake URI for a bare run id (default: PGX_LAKE)")
     sp.add_argument("--out", metavar="DIR", help="output directory (default ./pgx-report-<run_id>)")
 
-    sp = add("demo", cmd_demo, "sample data into a local lake and the whole pipeline on it")
-    sp.add_argument("--dir", default="./pgx-demo")
-    sp.add_argument("--rows", type=int, default=100_000, help="synthetic rows (default 100000: a couple of minutes)")
-    sp.add_argument("--executor", choices=["local", "ray"], default=None)
+    if plugins.makes_projects:
+        sp = add("init", cmd_init, "a ready project: run spec, raw folders, example maps, README")
+        sp.add_argument("dir", metavar="DIR")
+        sp.add_argument(
+            "--sample-rows", type=int, default=0, metavar="N",
+            help="also write N rows of synthetic extracts into the raw folders, for a first run (default: none)",
+        )  # fmt: skip
+
+        sp = add("demo", cmd_demo, "sample data into a local lake and the whole pipeline on it")
+        sp.add_argument("--dir", default="./pgx-demo")
+        sp.add_argument(
+            "--rows", type=int, default=100_000, help="synthetic rows (default 100000: a couple of minutes)"
+        )
+        sp.add_argument("--executor", choices=["local", "ray"], default=None)
+
+    for command in plugins.commands(CORE_COMMANDS):
+        sp = add(command.name, cmd_shortcut if command.shortcut else _plugin_command, command.help)
+        command.configure(sp)
+        sp.set_defaults(command_def=command)
     return p
 
 
@@ -540,7 +572,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except PgxError as exc:  # a plugin that breaks the command line for every command
+        print(f"pgx: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors; pgx's usage code is 64

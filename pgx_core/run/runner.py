@@ -200,7 +200,7 @@ class Runner:
                     own_run_id=self.run_id,
                     lease_ttl=float(self.spec.spec.lease_ttl_seconds),
                 )
-                self.plugins.call("pgx_before_run", must_succeed=True, run=self.run, spec=self.spec)
+                self.plugins.before_run(self.run, self.spec)
                 executor = make_executor(self.executor_kind, self.stop, run=self.run, warm_modules=self.task_modules())
                 self._run_stages(executor, codes)
             except Exception as exc:
@@ -211,7 +211,7 @@ class Runner:
                 held.close()  # stops renewing the run's lease, which the staging cleanup removes last
                 self._cleanup_staging()
             code = worst(codes)
-            self.plugins.call("pgx_after_run", run=self.run, exit_code=int(code), summaries=list(self.summaries))
+            self.plugins.after_run(self.run, int(code), list(self.summaries))
             log.info("run finished", extra={"event": "run_finished", "exit_code": int(code)})
             return code
 
@@ -262,7 +262,7 @@ class Runner:
             code, self.error = ExitCode.INTERNAL, f"{type(exc).__name__}: {scrub(str(exc))}"
             log.error("run crashed", extra={"event": "run_crashed", "error": self.error, "frames": safe_traceback(exc)})
         self._stage_error(self._current or self.stages[0], code, self.error)
-        self.plugins.call("pgx_on_run_error", run=self.run, error=exc)
+        self.plugins.on_run_error(self.run, exc)
         return code
 
     def _run_stage(self, rs: ResolvedStage, executor: Executor) -> ExitCode:
@@ -272,15 +272,7 @@ class Runner:
         self._tallies.setdefault(rs.stage_cls.script_name, []).append(tally)
         plan = self.plan_stage(rs)
         failpoints.hit("after_plan")
-        self.plugins.call(
-            "pgx_before_stage",
-            must_succeed=True,
-            run=self.run,
-            stage_name=rs.name,
-            stage_type=rs.use,
-            planned=len(plan.decisions),
-            to_run=len(plan.to_run),
-        )
+        self.plugins.before_stage(self.run, rs.name, rs.use, len(plan.decisions), len(plan.to_run))
         log.info(
             "stage planned",
             extra={"event": "stage_planned", "planned": len(plan.decisions), "to_run": len(plan.to_run)},
@@ -326,12 +318,7 @@ class Runner:
         tally.exit_code = worst(codes)
         tally.placements = executor.placements - placed_before
         self._write_summary(rs)
-        self.plugins.call(
-            "pgx_after_stage",
-            run=self.run,
-            stage_name=rs.name,
-            summary={"totals": dict(tally.totals), "stats": summary.nest(tally.stats)},
-        )
+        self.plugins.after_stage(self.run, rs.name, {"totals": dict(tally.totals), "stats": summary.nest(tally.stats)})
         return tally.exit_code
 
     def _prepare(self, plan: StagePlan, stage: Stage[Any], fan_out: Callable[..., Iterator[Any]]) -> _Chosen:
@@ -409,13 +396,9 @@ class Runner:
         quiet = log.debug if self.on_progress else log.info
         (quiet if o.status == "completed" else log.warning)("entity " + o.status, extra=extra)
         if o.status == "completed":
-            self.plugins.call(
-                "pgx_after_promote", run=self.run, stage_name=rs.name, entity=o.state_entity, outputs=list(o.outputs)
-            )
+            self.plugins.after_promote(self.run, rs.name, o.state_entity, list(o.outputs))
         elif o.status in {"failed", "transient", "interrupted"}:
-            self.plugins.call(
-                "pgx_on_stage_error", run=self.run, stage_name=rs.name, entity=o.state_entity, error=o.error or o.status
-            )
+            self.plugins.on_stage_error(self.run, rs.name, o.state_entity, o.error or o.status)
 
     def _stage_error(self, rs: ResolvedStage, code: ExitCode, message: str) -> None:
         """Record a stage-level failure in its summary (crash caught at the top, plan failure…).

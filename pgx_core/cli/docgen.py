@@ -232,9 +232,10 @@ def builtin_stages() -> list[type[Stage[Any]]]:
     """
     registry = StageRegistry()
     for ep in sorted(distribution(DISTRIBUTION).entry_points, key=lambda e: e.name):
-        if ep.group == GROUP:
+        register = getattr(ep.load(), "pgx_register_stages", None) if ep.group == GROUP else None
+        if register is not None:  # (a built-in plugin may add commands or files and no stage)
             registry._current_plugin = ep.name
-            ep.load().pgx_register_stages(registry=registry)
+            register(registry=registry)
     return [cls for _, cls in registry.items()]
 
 
