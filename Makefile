@@ -22,6 +22,7 @@ test: lint type pytest       ## everything CI runs
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 type: install
 	$(BIN)/mypy

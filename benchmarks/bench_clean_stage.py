@@ -71,15 +71,15 @@ def measure(
     mode: str, lake: Path, dataset: str, *, budget_mb: int, drug_map: Path | None, out: Path
 ) -> dict[str, Any]:
     import pyarrow.parquet as pq  # noqa: I001
-    from pgx_core import paths
+    from pgx_core.lake import paths
 
     silver = Path(paths.silver_object(lake.as_uri(), dataset, BAND, YEAR).removeprefix("file://"))
     t0, c0 = time.perf_counter(), time.process_time()
     extra: dict[str, Any] = {}
     if mode == "stage":
         from pgx_core.pluginmanager import make_plugin_manager
-        from pgx_core.runner import Runner
-        from pgx_core.runspec import validate_document
+        from pgx_core.run.runner import Runner
+        from pgx_core.spec.runspec import validate_document
 
         plugins = make_plugin_manager()
         spec = validate_document(_spec(lake, dataset, budget_mb, drug_map), "bench", plugins.registry)
@@ -149,7 +149,7 @@ def _child(
 
 
 def _fresh_lake(root: Path, silver_file: Path, dataset: str, i: int) -> Path:
-    from pgx_core import paths
+    from pgx_core.lake import paths
 
     lake = root / f"lake-{dataset}-{i}"
     target = Path(paths.silver_object(lake.as_uri(), dataset, BAND, YEAR).removeprefix("file://"))

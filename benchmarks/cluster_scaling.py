@@ -33,8 +33,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pgx_core.cli.project import make_project  # noqa: E402
 from pgx_core.pluginmanager import make_plugin_manager  # noqa: E402
-from pgx_core.project import make_project  # noqa: E402
 from tests.integration.ray_head import head_env, ray_cluster  # noqa: E402
 
 

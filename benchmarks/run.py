@@ -171,8 +171,8 @@ def parquet_files(root: Path) -> list[Path]:
 
 def prepare(root: Path, rows: int, seed: int) -> None:
     """Raw extracts into ``root/lake/raw/<type>/`` and the example maps into ``root/maps`` (untimed)."""
+    from pgx_core.cli.project import make_project
     from pgx_core.pluginmanager import make_plugin_manager
-    from pgx_core.project import make_project
 
     make_project(root, make_plugin_manager(), sample_rows=rows, seed=seed)
 
@@ -181,8 +181,8 @@ def write_spec(root: Path, executor: str, budget_mb: int) -> Path:
     """The project's pipeline (without the example plugin's line-count) at ``budget_mb``."""
     import yaml
 
+    from pgx_core.cli.project import make_project
     from pgx_core.pluginmanager import make_plugin_manager
-    from pgx_core.project import make_project
 
     doc, _ = make_project(root, make_plugin_manager(), sample_rows=0, name="bench", executor=executor)
     doc["spec"]["executor"]["memoryBudgetMb"] = budget_mb

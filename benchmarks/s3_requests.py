@@ -61,8 +61,8 @@ class RequestLog(logging.Handler):
 
 
 def _spec(root: Path, lake: str, endpoint: str, budget_mb: int) -> Path:
+    from pgx_core.cli.project import make_project
     from pgx_core.pluginmanager import make_plugin_manager
-    from pgx_core.project import make_project
 
     project, _ = make_project(root, make_plugin_manager(), sample_rows=0)
     stages = [s for s in project["spec"]["stages"] if s["use"] != "line-count"]
@@ -91,8 +91,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "s3_requests.json")
     args = ap.parse_args()
 
+    from pgx_core.cli.project import make_project
     from pgx_core.pluginmanager import make_plugin_manager
-    from pgx_core.project import make_project
 
     log = RequestLog()
     werkzeug = logging.getLogger("werkzeug")

@@ -51,7 +51,7 @@ class Commands:
 
     def add_shortcut(self, module: ModuleType) -> None:
         """Add a shortcut: a module with ``COMMAND``, ``HELP``, ``LEGACY``, ``add_arguments(parser)``,
-        ``build_spec(args)`` and optionally ``extra_notes(args)`` (see :mod:`pgx_core.shortcuts`)."""
+        ``build_spec(args)`` and optionally ``extra_notes(args)`` (see :mod:`pgx_core.cli.shortcuts`)."""
         self.add(Command(module.COMMAND, module.HELP, module.add_arguments, shortcut=module))
 
     def __iter__(self) -> Any:
@@ -95,7 +95,7 @@ class ReportSection:
     """One section of ``pgx report``: ``parts`` are HTML strings and charts, in order.
 
     The HTML must hold aggregate figures only (summaries never carry a data value); escape text
-    with :func:`pgx_core.report.escape`.
+    with :func:`pgx_core.cli.report.escape`.
     """
 
     anchor: str

@@ -6,7 +6,7 @@ commands to the ``pgx`` command line (:func:`pgx_add_commands`), its part of a n
 (:func:`pgx_init_project`, :func:`pgx_project_stages`) and sections of the run report
 (:func:`pgx_report_sections`): the core names no plugin, so each of these exists only while its
 plugin is installed and enabled. The lifecycle hooks are for cross-cutting concerns
-(notifications, lineage, metrics) and each is fired in exactly one place (:mod:`pgx_core.runner`).
+(notifications, lineage, metrics) and each is fired in exactly one place (:mod:`pgx_core.run.runner`).
 Workers never call hooks: the plugin manager stays in the driver, and the core calls every hook
 through the typed methods of :class:`pgx_core.pluginmanager.Plugins`.
 """
@@ -19,7 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from pgx_core.extend import Commands, Project, ReportSection
-    from pgx_core.runspec import RunSpec
+    from pgx_core.spec.runspec import RunSpec
     from pgx_core.stage import RunInfo, StageRegistry
 
 PROJECT = "pgx"

@@ -23,7 +23,7 @@ from pgx_core.log import get_logger
 from pgx_core.stage import StageRegistry
 
 if TYPE_CHECKING:
-    from pgx_core.runspec import RunSpec
+    from pgx_core.spec.runspec import RunSpec
     from pgx_core.stage import RunInfo
 
 GROUP = "pgx.plugins"

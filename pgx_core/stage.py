@@ -3,7 +3,7 @@
 A :class:`Stage` declares who it is (type name, tx, script_name, version, parameter model), plans
 its entities on the driver and processes one entity at a time on a worker. Everything else —
 state, leases, staging, validation gates, promotion, backup, summaries, retries — belongs to the
-core (:mod:`pgx_core.runner`): a stage writes only to the staging URIs the core gives it and never
+core (:mod:`pgx_core.run.runner`): a stage writes only to the staging URIs the core gives it and never
 writes a final lake object itself.
 """
 
@@ -16,18 +16,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pgx_core import paths
 from pgx_core.errors import ConservationError, DataError, NoInput, PluginError
+from pgx_core.lake import paths
+from pgx_core.lake.promote import HashingWriter
 from pgx_core.log import get_logger
-from pgx_core.promote import HashingWriter
-from pgx_core.runspec import AGE_BANDS, StageParams, canonical_json
+from pgx_core.spec.runspec import AGE_BANDS, StageParams, canonical_json
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from pgx_core.executor import StopFlag
-    from pgx_core.runspec import Spec
-    from pgx_core.storage import ObjectInfo, ObjectStore, StoreConfig
+    from pgx_core.lake.storage import ObjectInfo, ObjectStore, StoreConfig
+    from pgx_core.run.executor import StopFlag
+    from pgx_core.spec.runspec import Spec
 
 P = TypeVar("P", bound=StageParams)
 log = get_logger(__name__)
@@ -109,7 +109,7 @@ class RunInfo:
 
     @classmethod
     def from_spec(cls, spec: Spec, run_id: str, run_name: str) -> RunInfo:
-        from pgx_core.storage import StoreConfig  # noqa: PLC0415
+        from pgx_core.lake.storage import StoreConfig  # noqa: PLC0415
 
         assert spec.state_root is not None and spec.backup_root is not None
         return cls(

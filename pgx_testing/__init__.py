@@ -2,7 +2,7 @@
 
 Installed as the ``pgx`` pytest plugin (``pytest11`` entry point), so a plugin package that
 depends on pgx gets these fixtures without a conftest. Without the installed package, load it
-with ``pytest -p pgx_core.testing``.
+with ``pytest -p pgx_testing``.
 
 Storage fixtures:
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from pgx_core.storage import StoreConfig
+from pgx_core.lake.storage import StoreConfig
 
 TEST_REGION = "us-east-1"
 

@@ -136,9 +136,9 @@ def serviceaccount_object() -> dict[str, Any]:
 
 
 def run_objects(target: str = "job") -> list[dict[str, Any]]:
+    from pgx_core.k8s.render import DEFAULT_IMAGE, render_rayjob, render_run  # noqa: PLC0415
     from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415
-    from pgx_core.render import DEFAULT_IMAGE, render_rayjob, render_run  # noqa: PLC0415
-    from pgx_core.runspec import parse_yaml, validate_document  # noqa: PLC0415
+    from pgx_core.spec.runspec import parse_yaml, validate_document  # noqa: PLC0415
 
     registry = make_plugin_manager().registry
     spec = validate_document(parse_yaml(ADHOC_SPEC, "adhoc.yaml"), "adhoc.yaml", registry)
@@ -147,7 +147,7 @@ def run_objects(target: str = "job") -> list[dict[str, Any]]:
 
 
 def raycluster_object() -> dict[str, Any]:
-    from pgx_core.render import DEFAULT_IMAGE, RayClusterSettings, render_raycluster  # noqa: PLC0415
+    from pgx_core.k8s.render import DEFAULT_IMAGE, RayClusterSettings, render_raycluster  # noqa: PLC0415
 
     cluster = RayClusterSettings(worker_replicas=1, min_workers=1, max_workers=4, auth_secret=RAYCLUSTER_TOKEN)
     return render_raycluster(RAYCLUSTER, image=DEFAULT_IMAGE, namespace=NAMESPACE, cluster=cluster)
@@ -167,7 +167,7 @@ def _crd_files() -> dict[str, str]:
 
 def generate() -> dict[str, str]:
     """File name (in manifests/) → content."""
-    from pgx_core.render import to_yaml  # noqa: PLC0415
+    from pgx_core.k8s.render import to_yaml  # noqa: PLC0415
 
     return {
         **_crd_files(),
@@ -179,7 +179,7 @@ def generate() -> dict[str, str]:
         + HEADER.format(what="pgx render --target rayjob")
         + to_yaml(run_objects("rayjob")),
         "40-raycluster.yaml": RAYCLUSTER_HEADER
-        + HEADER.format(what="pgx_core.render.render_raycluster")
+        + HEADER.format(what="pgx_core.k8s.render.render_raycluster")
         + to_yaml([raycluster_object()]),
     }
 

@@ -1,4 +1,4 @@
-"""Project-internal test helpers (the reusable plugin-author fixtures live in pgx_core.testing)."""
+"""Project-internal test helpers (the reusable plugin-author fixtures live in pgx_testing)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 SUPPORT = Path(__file__).parent / "support"
 REPO = Path(__file__).parent.parent
-# Ray workers of the session-wide local Ray (pgx_core.testing.ray_session) import test-only stages.
+# Ray workers of the session-wide local Ray (pgx_testing.ray_session) import test-only stages.
 os.environ.setdefault("PGX_TEST_RAY_PYTHONPATH", str(SUPPORT))
 
 
@@ -75,8 +75,8 @@ def local_spec(tmp: Path, lake: Path, stages: list[dict[str, Any]], name: str, *
 def run_spec(path: Path, plugins: Any = None, **runner_options: Any) -> tuple[int, Any]:
     """Validate and run a spec in-process; ``(exit code, Runner)``."""
     from pgx_core.pluginmanager import make_plugin_manager
-    from pgx_core.runner import Runner
-    from pgx_core.runspec import load_spec
+    from pgx_core.run.runner import Runner
+    from pgx_core.spec.runspec import load_spec
 
     plugins = plugins or make_plugin_manager()
     runner = Runner(load_spec(path, plugins.registry), plugins, **runner_options)

@@ -24,11 +24,12 @@ import logging
 import re
 from typing import Any
 
-from pgx_core import clock, paths
+from pgx_core import clock
 from pgx_core.errors import scrub
+from pgx_core.lake import paths
+from pgx_core.lake.storage import open_store
 from pgx_core.state import GlobalTracker, StateStore, Step
 from pgx_core.state import PipelineState as StateDoc
-from pgx_core.storage import open_store
 
 STATUSES = ("pending", "running", "completed", "failed")
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 
 from helpers_1997_13.pipeline_state import GlobalPipelineTracker, PipelineState
-from pgx_core import backup, paths
-from pgx_core.paths import convert_raw_to_imputed_path
+from pgx_core.lake import backup, paths
+from pgx_core.lake.paths import convert_raw_to_imputed_path
 
 
 def zone_root(zone: str) -> str:
@@ -30,7 +30,7 @@ def build_zone_path(
     event_year: int | str | None = None,
     suffix: str = "",
 ) -> str:
-    """A path inside a zone; silver adds ``imputed/`` (see :func:`pgx_core.paths.build_zone_path`)."""
+    """A path inside a zone; silver adds ``imputed/`` (see :func:`pgx_core.lake.paths.build_zone_path`)."""
     return paths.build_zone_path(zone.strip().lower(), data_type, age_band, event_year, suffix)
 
 

@@ -33,7 +33,7 @@ def _emit(args: argparse.Namespace, doc: Any, human: Callable[[], None]) -> None
 
 
 def _plugins_and_spec(args: argparse.Namespace, path: str) -> tuple[Plugins, Any]:
-    from pgx_core.runspec import load_spec  # noqa: PLC0415
+    from pgx_core.spec.runspec import load_spec  # noqa: PLC0415
 
     plugins: Plugins = args.plugins
     try:
@@ -95,7 +95,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _runner(args: argparse.Namespace, **kw: Any) -> Any:
-    from pgx_core.runner import Runner  # noqa: PLC0415
+    from pgx_core.run.runner import Runner  # noqa: PLC0415
 
     plugins, spec = _plugins_and_spec(args, args.spec)
     return Runner(spec, plugins, stages=getattr(args, "stage", None) or None, **kw)
@@ -169,7 +169,7 @@ def _stage_lines(tally: Any) -> list[str]:
 
 def _execute(args: argparse.Namespace, make_runner: Callable[..., Any]) -> int:
     """Run with SIGTERM/SIGINT as a clean stop, progress on a terminal, and a closing report."""
-    from pgx_core.progress import Progress  # noqa: PLC0415
+    from pgx_core.cli.progress import Progress  # noqa: PLC0415
 
     stop = threading.Event()
 
@@ -224,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pgx_core.status import stage_status  # noqa: PLC0415
+    from pgx_core.cli.status import stage_status  # noqa: PLC0415
 
     runner = _runner(args)
     rows = stage_status(runner)
@@ -242,7 +242,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from pgx_core.rollback import rollback_run  # noqa: PLC0415
+    from pgx_core.run.rollback import rollback_run  # noqa: PLC0415
 
     runner = _runner(args)
     report = rollback_run(runner.spec, args.run_id, runner.lake_store, runner.state_store)
@@ -261,8 +261,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from pgx_core.backup import backup_s3_prefix  # noqa: PLC0415
-    from pgx_core.storage import StoreConfig  # noqa: PLC0415
+    from pgx_core.lake.backup import backup_s3_prefix  # noqa: PLC0415
+    from pgx_core.lake.storage import StoreConfig  # noqa: PLC0415
 
     prefix = backup_s3_prefix(args.src_prefix, args.backup_root, StoreConfig.resolve(args.endpoint_url, args.region))
     _emit(args, {"backup_prefix": prefix}, lambda: print(prefix))
@@ -270,7 +270,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from pgx_core.project import init_project  # noqa: PLC0415
+    from pgx_core.cli.project import init_project  # noqa: PLC0415
 
     spec_path, doc = init_project(args.dir, args.plugins, sample_rows=args.sample_rows)
     stages = [s.get("name", s["use"]) for s in doc["spec"]["stages"]]
@@ -290,7 +290,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pgx_core.project import run_demo  # noqa: PLC0415
+    from pgx_core.cli.project import run_demo  # noqa: PLC0415
 
     return run_demo(args.dir, args.plugins, rows=args.rows, executor=args.executor, as_json=args.json)
 
@@ -299,9 +299,9 @@ def cmd_shortcut(args: argparse.Namespace) -> int:
     """A seed-compatible shortcut: the older script's flags as a one-stage run spec, run as ``pgx run``."""
     import yaml  # noqa: PLC0415
 
-    from pgx_core.runner import Runner  # noqa: PLC0415
-    from pgx_core.runspec import validate_document  # noqa: PLC0415
-    from pgx_core.shortcuts import notes  # noqa: PLC0415
+    from pgx_core.cli.shortcuts import notes  # noqa: PLC0415
+    from pgx_core.run.runner import Runner  # noqa: PLC0415
+    from pgx_core.spec.runspec import validate_document  # noqa: PLC0415
 
     shortcut = args.command_def.shortcut
     for note in notes(shortcut, args):
@@ -328,7 +328,7 @@ def _plugin_command(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from pgx_core.controller import main as controller_main  # noqa: PLC0415
+    from pgx_core.k8s.controller import main as controller_main  # noqa: PLC0415
 
     return controller_main(args.namespace, args.image)
 
@@ -336,7 +336,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    from pgx_core.report import build_report, default_out_dir, resolve_run  # noqa: PLC0415
+    from pgx_core.cli.report import build_report, default_out_dir, resolve_run  # noqa: PLC0415
 
     lake, run_id, config = resolve_run(args.target, args.lake)
     out = Path(args.out) if args.out else default_out_dir(run_id)
@@ -347,7 +347,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from pgx_core.render import (  # noqa: PLC0415
+    from pgx_core.k8s.render import (  # noqa: PLC0415
         DEFAULT_IMAGE,
         RayClusterSettings,
         render_rayjob,
@@ -587,7 +587,7 @@ def _main(argv: Sequence[str] | None) -> int:
         try:
             code = int(args.func(args))
         except OSError as exc:  # pyarrow's S3 filesystem reports every S3 failure as an OSError
-            from pgx_core.storage import arrow_error  # noqa: PLC0415
+            from pgx_core.lake.storage import arrow_error  # noqa: PLC0415
 
             raise (arrow_error(exc) or exc) from exc
     except PgxError as exc:

@@ -1,13 +1,15 @@
-"""Reference tables of ``docs/runspec.md``, generated from the pydantic models so they cannot drift.
+"""Reference parts of ``docs/runspec.md`` and ``docs/cli.md``, generated from the code so they cannot drift.
 
-The doc's prose is written by hand; only the blocks between ``<!-- BEGIN GENERATED: <name> -->``
-and ``<!-- END GENERATED: <name> -->`` come from here: every key of the ``PipelineRun`` document
-(:mod:`pgx_core.runspec`) and every ``with:`` parameter of each built-in stage (the stages that
-pgx's own distribution registers through its ``pgx.plugins`` entry points; third-party plugins
-document theirs). ``tests/docs`` fails when the committed file differs from what this module
-generates. Regenerate with::
+The docs' prose is written by hand; only the blocks between ``<!-- BEGIN GENERATED: <name> -->``
+and ``<!-- END GENERATED: <name> -->`` come from here. In ``docs/runspec.md``: every key of the
+``PipelineRun`` document (:mod:`pgx_core.spec.runspec`) and every ``with:`` parameter of each
+built-in stage (the stages that pgx's own distribution registers through its ``pgx.plugins`` entry
+points; third-party plugins document theirs). In ``docs/cli.md``: the global options and every
+sub-command of ``pgx`` with its arguments, read from the argparse parser built with the same
+built-in plugins only. ``tests/docs`` fails when a committed file differs from what this module
+generates. Regenerate both with::
 
-    python -m pgx_core.docgen --write docs/runspec.md
+    python -m pgx_core.cli.docgen --write
 
 A key's meaning is its pydantic ``Field(description=...)``; the core spec models have none (their
 prose lives here, in :data:`MEANINGS`), so adding a key without saying what it means fails loudly.
@@ -17,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import distribution
 from pathlib import Path
@@ -31,13 +34,15 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from pgx_core.runspec import PipelineRun, StageParams
+from pgx_core.cli import build_parser
+from pgx_core.pluginmanager import Plugins, make_plugin_manager
+from pgx_core.spec.runspec import PipelineRun, StageParams
 from pgx_core.stage import Stage, StageRegistry
 
 DISTRIBUTION = "pgx"
 GROUP = "pgx.plugins"
 
-# Meanings of the core spec keys (pgx_core.runspec declares no descriptions), by key path.
+# Meanings of the core spec keys (pgx_core.spec.runspec declares no descriptions), by key path.
 MEANINGS: dict[str, str] = {
     "apiVersion": "Version of the document format; exactly `pgx.io/v1alpha1`.",
     "kind": "Exactly `PipelineRun`.",
@@ -202,7 +207,7 @@ def key_docs(model: type[BaseModel], meanings: dict[str, str], meaning_prefix: s
     if missing:
         raise DocGenError(
             f"Keys without a meaning: {', '.join(missing)}. Add Field(description=...) to the model, "
-            "or an entry to pgx_core.docgen.MEANINGS / PARAM_MEANINGS."
+            "or an entry to pgx_core.cli.docgen.MEANINGS / PARAM_MEANINGS."
         )
     return out
 
@@ -256,45 +261,242 @@ def stages_section() -> str:
     return "\n\n".join(parts)
 
 
-SECTIONS = {"spec-keys": spec_section, "stage-params": stages_section}
+# --- the command line (docs/cli.md) -------------------------------------------------------------------
+
+DISABLE_VARIABLE = "PGX_DISABLE_PLUGINS"
+
+Section = Callable[[], str]
+
+
+def builtin_plugins() -> Plugins:
+    """A plugin manager holding exactly the plugins of pgx's own distribution.
+
+    They are registered straight from the distribution's entry points, with ``PGX_DISABLE_PLUGINS``
+    set aside while they load, so neither installed third-party plugins nor that variable change
+    the documentation.
+    """
+    eps = sorted((ep for ep in distribution(DISTRIBUTION).entry_points if ep.group == GROUP), key=lambda e: e.name)
+    saved = os.environ.pop(DISABLE_VARIABLE, None)
+    try:
+        return make_plugin_manager([(ep.name, ep.load()) for ep in eps], entrypoints=False)
+    finally:
+        if saved is not None:
+            os.environ[DISABLE_VARIABLE] = saved
+
+
+def cli_parser() -> argparse.ArgumentParser:
+    """The ``pgx`` parser with the core's commands and those the built-in plugins add."""
+    return build_parser(builtin_plugins())
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """``(name, help, parser)`` of every sub-command, in the order the parser lists them (aliases left out)."""
+    action = _subparsers(parser)
+    helps = {a.dest: a.help or "" for a in action._choices_actions}
+    seen: set[int] = set()
+    out = []
+    for name, sub in action.choices.items():
+        if id(sub) not in seen:
+            seen.add(id(sub))
+            out.append((name, helps.get(name) or sub.description or "", sub))
+    return out
+
+
+def _value(action: argparse.Action) -> str:
+    """The value part of an argument as argparse's usage shows it: ``NAME``, ``[N]``, ``{a,b}``, ``CMD ...``."""
+    base: str | tuple[str, ...]
+    if action.metavar is not None:
+        base = action.metavar
+    elif action.choices is not None:
+        base = "{" + ",".join(str(c) for c in action.choices) + "}"
+    else:
+        base = action.dest.upper() if action.option_strings else action.dest
+
+    def get(n: int) -> tuple[str, ...]:
+        return base if isinstance(base, tuple) else (base,) * n
+
+    nargs = action.nargs
+    if nargs is None:
+        return get(1)[0]
+    if nargs == argparse.OPTIONAL:
+        return f"[{get(1)[0]}]"
+    if nargs == argparse.ZERO_OR_MORE:
+        metas = get(1)
+        return f"[{metas[0]} [{metas[1]} ...]]" if len(metas) == 2 else f"[{metas[0]} ...]"
+    if nargs == argparse.ONE_OR_MORE:
+        return "{} [{} ...]".format(*get(2))
+    if nargs == argparse.REMAINDER:
+        return "..."
+    if nargs == argparse.PARSER:
+        return f"{get(1)[0]} ..."
+    if nargs == argparse.SUPPRESS:
+        return ""
+    return " ".join(get(int(nargs)))
+
+
+def _usage_part(action: argparse.Action) -> str:
+    if not action.option_strings:
+        return _value(action)
+    part = " ".join(filter(None, [action.option_strings[0], _value(action)]))
+    return part if action.required else f"[{part}]"
+
+
+def _usage(prog: str, actions: list[argparse.Action]) -> str:
+    """A usage line, unwrapped: options first, then positionals (as argparse orders them)."""
+    optionals = [_usage_part(a) for a in actions if a.option_strings]
+    positionals = [_usage_part(a) for a in actions if not a.option_strings]
+    return " ".join([prog, *optionals, *positionals])
+
+
+def _names(action: argparse.Action) -> str:
+    value = _value(action)
+    if not action.option_strings:
+        return f"`{value}`"
+    return ", ".join(f"`{opt} {value}`" if value else f"`{opt}`" for opt in action.option_strings)
+
+
+def _arg_default(action: argparse.Action) -> str:
+    if action.required:
+        return "required"
+    if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
+        return ""  # a flag's default is its absence
+    return f"`{action.default}`"
+
+
+def _help(action: argparse.Action, prog: str) -> str:
+    """The argument's help with argparse's ``%(name)s`` placeholders filled in."""
+    text = action.help or ""
+    if "%" in text:
+        params: dict[str, Any] = {k: v for k, v in vars(action).items() if v is not argparse.SUPPRESS}
+        params["prog"] = prog
+        if params.get("choices") is not None:
+            params["choices"] = ", ".join(str(c) for c in params["choices"])
+        text = text % params
+    return text
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return text
+    return text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
+
+
+def _arg_table(actions: list[argparse.Action], prog: str) -> str:
+    lines = ["| argument | default | meaning |", "|---|---|---|"]
+    lines += [f"| {_cell(_names(a))} | {_cell(_arg_default(a))} | {_cell(_help(a, prog))} |" for a in actions]
+    return "\n".join(lines)
+
+
+def _shown(action: argparse.Action) -> bool:
+    """Whether an argument belongs in the reference (``--help`` and hidden arguments do not)."""
+    return not isinstance(action, argparse._HelpAction) and action.help is not argparse.SUPPRESS
+
+
+def cli_global_section() -> str:
+    parser = cli_parser()
+    actions = [a for a in parser._actions if _shown(a)]
+    options = [a for a in actions if a.option_strings]
+    return f"```text\n{_usage(parser.prog, actions)}\n```\n\n{_arg_table(options, parser.prog)}"
+
+
+def _command_section(name: str, help_: str, sub: argparse.ArgumentParser, common: set[tuple[str, ...]]) -> str:
+    def own(actions: list[argparse.Action]) -> list[argparse.Action]:
+        return [a for a in actions if _shown(a) and tuple(a.option_strings) not in common]
+
+    parts = [f"## {sub.prog}", _cell(_sentence(help_))]
+    plugin = getattr(sub.get_default("command_def"), "plugin", "")
+    if plugin:
+        parts.append(f"Added by the built-in plugin `{plugin}`.")
+    parts.append(f"```text\n{_usage(sub.prog, own(sub._actions))}\n```")
+    # The default groups ("positional arguments", "options") form one table; each other group its own.
+    defaults = (sub._positionals, sub._optionals)
+    main = own([a for g in defaults for a in g._group_actions])
+    parts.append(_arg_table(main, sub.prog) if main else "No arguments besides the global options.")
+    for group in sub._action_groups:
+        actions = own(group._group_actions)
+        if group in defaults or not actions:
+            continue
+        intro = _sentence(group.title or "")
+        if group.description:
+            intro = f"{intro} {_sentence(group.description)}".strip()
+        parts += [_cell(intro.rstrip(".") + ":"), _arg_table(actions, sub.prog)]
+    return "\n\n".join(parts)
+
+
+def cli_commands_section() -> str:
+    parser = cli_parser()
+    # The global options every command accepts too: documented once, in the global section.
+    common = {tuple(a.option_strings) for a in parser._actions if a.option_strings}
+    commands = subcommands(parser)
+    index = ["| command | what it does |", "|---|---|"]
+    index += [f"| [`{sub.prog}`](#{sub.prog.replace(' ', '-')}) | {_cell(_sentence(h))} |" for _, h, sub in commands]
+    return "\n\n".join(["\n".join(index)] + [_command_section(n, h, sub, common) for n, h, sub in commands])
+
+
+# --- documents --------------------------------------------------------------------------------------
+
+SECTIONS: dict[str, Section] = {"spec-keys": spec_section, "stage-params": stages_section}
+CLI_SECTIONS: dict[str, Section] = {"cli-global": cli_global_section, "cli-commands": cli_commands_section}
+# The generated blocks of each document, by file name.
+DOCUMENTS: dict[str, dict[str, Section]] = {"runspec.md": SECTIONS, "cli.md": CLI_SECTIONS}
+DEFAULT_DOCS = ("docs/runspec.md", "docs/cli.md")
 _BLOCK = re.compile(
     r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.S
 )
 
 
-def render(text: str) -> str:
-    """``text`` with every generated block replaced by what the models say now."""
+def render(text: str, sections: Mapping[str, Section] = SECTIONS) -> str:
+    """``text`` with every generated block replaced by what the code says now (default: runspec's blocks)."""
     seen: set[str] = set()
 
     def sub(m: re.Match[str]) -> str:
         name = m.group("name")
-        if name not in SECTIONS:
-            raise DocGenError(f"Unknown generated block {name!r}; known: {', '.join(SECTIONS)}")
+        if name not in sections:
+            raise DocGenError(f"Unknown generated block {name!r}; known: {', '.join(sections)}")
         seen.add(name)
-        return f"{m.group(1)}{SECTIONS[name]()}\n{m.group(4)}"
+        return f"{m.group(1)}{sections[name]()}\n{m.group(4)}"
 
     out = _BLOCK.sub(sub, text)
-    if missing := set(SECTIONS) - seen:
+    if missing := set(sections) - seen:
         raise DocGenError(f"Generated blocks missing from the document: {', '.join(sorted(missing))}")
     return out
 
 
+def sections_of(path: Path) -> dict[str, Section]:
+    """The generated blocks of the document at ``path``, known by its file name."""
+    if path.name not in DOCUMENTS:
+        raise DocGenError(f"{path}: no generated document is called {path.name}; known: {', '.join(DOCUMENTS)}")
+    return DOCUMENTS[path.name]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pgx_core.docgen [--write] [DOC]``: check (exit 1 on drift) or rewrite the doc."""
-    p = argparse.ArgumentParser(prog="python -m pgx_core.docgen", description=__doc__.splitlines()[0])
-    p.add_argument("doc", nargs="?", default="docs/runspec.md")
+    """``python -m pgx_core.cli.docgen [--write] [DOC ...]``: check (exit 1 on drift) or rewrite the docs."""
+    p = argparse.ArgumentParser(prog="python -m pgx_core.cli.docgen", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "docs", nargs="*", metavar="DOC", default=list(DEFAULT_DOCS),
+        help=f"documents to check or rewrite (default: {' '.join(DEFAULT_DOCS)})",
+    )  # fmt: skip
     p.add_argument("--write", action="store_true", help="rewrite the generated blocks in place")
     args = p.parse_args(argv)
-    path = Path(args.doc)
-    text = path.read_text(encoding="utf-8")
-    new = render(text)
-    if args.write:
-        path.write_text(new, encoding="utf-8")
-        return 0
-    if new != text:
-        print(f"{path} is out of date: run python -m pgx_core.docgen --write {path}", file=sys.stderr)
-        return 1
-    return 0
+    stale = []
+    for name in args.docs:
+        path = Path(name)
+        text = path.read_text(encoding="utf-8")
+        new = render(text, sections_of(path))
+        if new == text:
+            continue
+        if args.write:
+            path.write_text(new, encoding="utf-8")
+        else:
+            stale.append(path)
+    for path in stale:
+        print(f"{path} is out of date: run python -m pgx_core.cli.docgen --write {path}", file=sys.stderr)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TextIO
 
-from pgx_core.worker import EntityOutcome
+from pgx_core.run.worker import EntityOutcome
 
 _WIDTH = 28
 

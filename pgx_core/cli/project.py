@@ -17,14 +17,14 @@ from typing import Any
 
 import yaml
 
-from pgx_core import paths
+from pgx_core.cli.progress import Progress
 from pgx_core.errors import UsageError
 from pgx_core.exitcodes import ExitCode
 from pgx_core.extend import Project
+from pgx_core.lake import paths
+from pgx_core.lake.storage import open_store
 from pgx_core.pluginmanager import Plugins
-from pgx_core.progress import Progress
-from pgx_core.runspec import API_VERSION, KIND, load_spec
-from pgx_core.storage import open_store
+from pgx_core.spec.runspec import API_VERSION, KIND, load_spec
 
 SPEC_FILE = "pgx.yaml"
 DEMO_SPEC_FILE = "demo.yaml"
@@ -94,7 +94,7 @@ def init_project(directory: str, plugins: Plugins, *, sample_rows: int) -> tuple
 
 def run_demo(directory: str, plugins: Plugins, *, rows: int, executor: str | None, as_json: bool) -> int:
     """``pgx demo``: a project with ``rows`` synthetic rows, every stage run on it, and its report."""
-    from pgx_core.runner import Runner  # noqa: PLC0415 - the runner (and Ray) only when running
+    from pgx_core.run.runner import Runner  # noqa: PLC0415 - the runner (and Ray) only when running
 
     root = Path(directory).resolve()
     doc, _ = make_project(root, plugins, sample_rows=rows, name="demo", executor=executor or "ray")
@@ -108,7 +108,7 @@ def run_demo(directory: str, plugins: Plugins, *, rows: int, executor: str | Non
     lake = doc["spec"]["lake"]
     report = _demo_report(lake, runner, code, spec_path)
     if runner.summaries:
-        from pgx_core.report import build_report  # noqa: PLC0415 - matplotlib is only needed here
+        from pgx_core.cli.report import build_report  # noqa: PLC0415 - matplotlib is only needed here
 
         report["report"] = str(build_report(lake, runner.run_id, root / "report", plugins=plugins).html)
     if as_json:

@@ -33,13 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgx_core import __version__, clock, paths
+from pgx_core import __version__, clock
 from pgx_core.errors import UsageError
 from pgx_core.exitcodes import ExitCode, worst
 from pgx_core.extend import Chart, ReportSection
-from pgx_core.runspec import AGE_BANDS
-from pgx_core.storage import ObjectStore, StoreConfig, open_store
-from pgx_core.summary import read_run
+from pgx_core.lake import paths
+from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
+from pgx_core.run.summary import read_run
+from pgx_core.spec.runspec import AGE_BANDS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -116,7 +117,7 @@ def resolve_run(arg: str, lake: str | None) -> tuple[str, str, StoreConfig]:
             f"pgx report: {arg!r} is neither a run spec file nor a run id (expected YYYYmmddTHHMMSSZ-xxxxxxxx)"
         )
     from pgx_core.pluginmanager import make_plugin_manager  # noqa: PLC0415 - loads every plugin
-    from pgx_core.runspec import load_spec  # noqa: PLC0415
+    from pgx_core.spec.runspec import load_spec  # noqa: PLC0415
 
     spec = load_spec(arg, make_plugin_manager().registry)
     spec_lake = spec.spec.lake.rstrip("/")

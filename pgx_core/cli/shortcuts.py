@@ -18,10 +18,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pgx_core import paths
 from pgx_core.errors import UsageError
-from pgx_core.runspec import API_VERSION, DEFAULT_YEARS, KIND
-from pgx_core.storage import SCHEMES
+from pgx_core.lake import paths
+from pgx_core.lake.storage import SCHEMES
+from pgx_core.spec.runspec import API_VERSION, DEFAULT_YEARS, KIND
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from pgx_core import paths
+from pgx_core.lake import paths
 from pgx_core.state import StateStore, holder_gone
 
 if TYPE_CHECKING:
-    from pgx_core.runner import Runner
+    from pgx_core.run.runner import Runner
 
 
 def stage_status(runner: Runner) -> list[dict[str, Any]]:

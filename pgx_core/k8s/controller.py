@@ -11,7 +11,7 @@ A small reconcile loop on the official ``kubernetes`` client:
 - **Reconcile** of one PipelineRun generation: validate the spec exactly as ``pgx validate`` does
   (an invalid spec → ``phase: Failed, reason: InvalidSpec`` with the problems; no Job), choose a run
   id (kept in ``.status`` before anything is created, so a restart reuses it), create the ConfigMap
-  and Job of ``pgx render`` (:func:`pgx_core.render.render_run`) named ``pgx-<run>-g<generation>``
+  and Job of ``pgx render`` (:func:`pgx_core.k8s.render.render_run`) named ``pgx-<run>-g<generation>``
   and owned by the run (``ownerReferences`` with ``controller``/``blockOwnerDeletion``: deleting
   the run deletes them), the Job getting ``PGX_RUN_ID``; an existing object (409) is fine. Then the
   Job's state is mirrored into ``.status`` through the status subresource.
@@ -39,12 +39,13 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from pgx_core import clock, paths
-from pgx_core.crd import GROUP, PLURAL, VERSION
+from pgx_core import clock
 from pgx_core.errors import SpecError, UsageError
 from pgx_core.exitcodes import ExitCode
-from pgx_core.render import CONTAINER, DEFAULT_IMAGE, DEFAULT_SERVICE_ACCOUNT, MAX_NAME, render_run
-from pgx_core.runspec import API_VERSION, KIND, RunSpec, validate_document
+from pgx_core.k8s.crd import GROUP, PLURAL, VERSION
+from pgx_core.k8s.render import CONTAINER, DEFAULT_IMAGE, DEFAULT_SERVICE_ACCOUNT, MAX_NAME, render_run
+from pgx_core.lake import paths
+from pgx_core.spec.runspec import API_VERSION, KIND, RunSpec, validate_document
 from pgx_core.stage import StageRegistry
 
 log = logging.getLogger("pgx.controller")

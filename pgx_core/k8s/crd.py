@@ -1,6 +1,6 @@
 """The ``pipelineruns.pgx.io`` CustomResourceDefinition, generated from the run-spec models.
 
-:func:`crd_manifest` turns the JSON schema pydantic derives from :class:`pgx_core.runspec.Spec`
+:func:`crd_manifest` turns the JSON schema pydantic derives from :class:`pgx_core.spec.runspec.Spec`
 into a Kubernetes *structural* schema: ``$ref`` inlined, ``X | None`` as ``nullable: true``,
 ``const`` as a one-value ``enum``, no ``additionalProperties: false`` (Kubernetes prunes or, with
 ``kubectl``'s strict field validation, rejects unknown fields), ``with:`` blocks (shaped by each
@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pgx_core.runspec import API_VERSION, KIND, Spec
+from pgx_core.spec.runspec import API_VERSION, KIND, Spec
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "pipelineruns"
@@ -93,7 +93,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def spec_schema() -> dict[str, Any]:
-    """The structural schema of ``.spec``, from :class:`pgx_core.runspec.Spec`."""
+    """The structural schema of ``.spec``, from :class:`pgx_core.spec.runspec.Spec`."""
     raw = Spec.model_json_schema(by_alias=True, mode="validation")
     schema = structural(raw, raw.get("$defs", {}))
     schema["description"] = "The run spec: the same keys as `spec:` of a run-spec file."

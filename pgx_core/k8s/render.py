@@ -27,7 +27,7 @@ import yaml
 from pgx_core import __version__
 from pgx_core.errors import UsageError
 from pgx_core.exitcodes import ExitCode
-from pgx_core.runspec import RunSpec
+from pgx_core.spec.runspec import RunSpec
 
 SPEC_DIR = "/etc/pgx"
 # Paths inside the pod (not temporary files of this process): the /tmp emptyDir, Ray's directory in
@@ -244,7 +244,7 @@ def render_run(
     """A ConfigMap holding ``spec`` and a Job running it: ``[configmap, job]``.
 
     Args:
-        spec: a validated run spec (:func:`pgx_core.runspec.load_spec`).
+        spec: a validated run spec (:func:`pgx_core.spec.runspec.load_spec`).
         image: the pgx image, e.g. ``registry.example.com/pgx:0.1.0``.
         namespace: namespace of both objects; ``None`` takes the spec's ``metadata.namespace``,
             and when that is unset too the objects carry none (``kubectl -n`` decides).

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pgx_core import clock, paths
+from pgx_core import clock
 from pgx_core.errors import PreconditionFailed, StorageError
-from pgx_core.storage import ObjectStore, StoreConfig, open_store
+from pgx_core.lake import paths
+from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
 
 LEGACY_MARKER = "_pgx_backup.json"  # inside run prefixes made before claim objects
 MAX_CLAIM_SECONDS = 3600  # how far past its start second a claim may move

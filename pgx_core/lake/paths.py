@@ -177,6 +177,17 @@ def target_code_prefix(lake: str) -> str:
     return f"{_root(lake)}/gold/target_code/"
 
 
+def target_code_objects(lake: str) -> tuple[str, str, str]:
+    """target-frequency's reports: ``(icd report, procedure report, suggested mappings)``; the last
+    is also update-codes' default target map."""
+    prefix = target_code_prefix(lake)
+    return (
+        prefix + "icd_frequency_by_position.parquet",
+        prefix + "procedure_code_frequency.parquet",
+        prefix + "suggested_icd_mappings.json",
+    )
+
+
 def staging_parent(lake: str) -> str:
     """``<lake>/_staging/``: one folder per run below it."""
     return f"{_root(lake)}/{STAGING_DIR}/"

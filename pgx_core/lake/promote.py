@@ -16,9 +16,9 @@ from typing import IO, Any
 import pyarrow.parquet as pq
 
 from pgx_core import failpoints
-from pgx_core.backup import RunBackup
 from pgx_core.errors import DataError
-from pgx_core.storage import ObjectStore
+from pgx_core.lake.backup import RunBackup
+from pgx_core.lake.storage import ObjectStore
 
 _CHUNK = 8 << 20
 

@@ -1,4 +1,4 @@
-"""``s3://`` implementation of :class:`pgx_core.storage.ObjectStore` (the contract lives there).
+"""``s3://`` implementation of :class:`pgx_core.lake.storage.ObjectStore` (the contract lives there).
 
 boto3 does every whole-object, conditional, copy and listing call; streaming reads and writes are
 small boto3-based file objects (ranged GETs pinned to one ETag; multipart upload published on
@@ -42,7 +42,7 @@ from pgx_core.errors import (
     UnsupportedCondition,
     UsageError,
 )
-from pgx_core.storage import (
+from pgx_core.lake.storage import (
     ObjectInfo,
     ObjectStore,
     PublishOnClose,
@@ -189,6 +189,10 @@ class S3Store(ObjectStore):
 
     scheme = "s3"
     remote = True
+
+    @classmethod
+    def open(cls, config: StoreConfig) -> S3Store:
+        return cls(config)
 
     def __init__(
         self,
@@ -470,7 +474,7 @@ class S3Store(ObjectStore):
 
         Careful: pyarrow's own ``delete_file`` and ``write_dataset``/``write_to_dataset`` (unless
         ``create_dir=False``) create directory-marker objects; use the store for those. Its
-        failures are ``OSError``s carrying the AWS error; :func:`pgx_core.storage.arrow_error`
+        failures are ``OSError``s carrying the AWS error; :func:`pgx_core.lake.storage.arrow_error`
         classifies them (outage → :class:`TransientError`, credentials → ``StoreAccessError``).
         """
         if self._fs_obj is None:

@@ -93,7 +93,7 @@ def make_executor(kind: str, stop: threading.Event, **options: Any) -> Executor:
     if kind == "local":
         return LocalExecutor(stop)
     if kind == "ray":
-        from pgx_core.ray_executor import RayExecutor  # noqa: PLC0415 - Ray is heavy; import on use
+        from pgx_core.run.ray_executor import RayExecutor  # noqa: PLC0415 - Ray is heavy; import on use
 
         return RayExecutor(stop, **options)
     raise ValueError(f"unknown executor {kind!r}: expected ray or local")

@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 import ray
 
 from pgx_core.errors import ClusterUnavailable, InterruptedRun, TransientError, UsageError, scrub
-from pgx_core.executor import Executor, OnError
 from pgx_core.log import get_logger
+from pgx_core.run.executor import Executor, OnError
 from pgx_core.stage import RunInfo
 
 T = TypeVar("T")

@@ -17,10 +17,11 @@ import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from pgx_core import clock, paths
+from pgx_core import clock
+from pgx_core.lake import paths
+from pgx_core.lake.storage import ObjectStore
 from pgx_core.log import get_logger
 from pgx_core.state import lease_is_stale
-from pgx_core.storage import ObjectStore
 
 log = get_logger(__name__)
 PROBE_MAX_AGE = timedelta(hours=1)

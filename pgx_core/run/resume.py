@@ -6,9 +6,9 @@ the entity's lease, so that work another run completed in between is not promote
 
 from __future__ import annotations
 
-from pgx_core.promote import sha256_of
+from pgx_core.lake.promote import sha256_of
+from pgx_core.lake.storage import ObjectStore
 from pgx_core.state import PipelineState
-from pgx_core.storage import ObjectStore
 
 
 def outputs_intact(store: ObjectStore, st: PipelineState) -> str | None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgx_core import clock, paths
-from pgx_core.backup import backup_objects, find_run_backup
+from pgx_core import clock
 from pgx_core.errors import UsageError
-from pgx_core.promote import sha256_of
-from pgx_core.runspec import RunSpec
+from pgx_core.lake import paths
+from pgx_core.lake.backup import backup_objects, find_run_backup
+from pgx_core.lake.promote import sha256_of
+from pgx_core.lake.storage import ObjectStore
+from pgx_core.spec.runspec import RunSpec
 from pgx_core.state import PipelineState, StateStore, Step
-from pgx_core.storage import ObjectStore
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 aggregates outcomes into the tracker and run summaries, and fires the lifecycle hooks.
 
 The per-entity protocol itself (lease, staging, gates, promotion, state) lives in
-:mod:`pgx_core.worker`, so it is the same on every executor.
+:mod:`pgx_core.run.worker`, so it is the same on every executor.
 """
 
 from __future__ import annotations
@@ -15,20 +15,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgx_core import clock, failpoints, paths, summary
+from pgx_core import clock, failpoints
 from pgx_core.errors import InterruptedRun, PgxError, StorageError, TransientError, UsageError, scrub
-from pgx_core.executor import Executor, make_executor
 from pgx_core.exitcodes import ExitCode, worst
+from pgx_core.lake import paths
+from pgx_core.lake.storage import ObjectStore, arrow_error
 from pgx_core.log import bind, get_logger, safe_traceback
 from pgx_core.pluginmanager import Plugins
-from pgx_core.reclaim import reclaim_orphans
-from pgx_core.resources import measured
-from pgx_core.resume import decide
-from pgx_core.runspec import ResolvedStage, RunSpec
+from pgx_core.run import summary
+from pgx_core.run.executor import Executor, make_executor
+from pgx_core.run.reclaim import reclaim_orphans
+from pgx_core.run.resources import measured
+from pgx_core.run.resume import decide
+from pgx_core.run.worker import EntityOutcome, EntityTask, StoreCache, retry_delay, run_entity_task
+from pgx_core.spec.runspec import ResolvedStage, RunSpec
 from pgx_core.stage import Entity, RunInfo, Stage
 from pgx_core.state import GlobalTracker, Lease, LeaseKeeper, StateStore, acquire_lease
-from pgx_core.storage import ObjectStore, arrow_error
-from pgx_core.worker import EntityOutcome, EntityTask, StoreCache, retry_delay, run_entity_task
 
 log = get_logger(__name__)
 TRANSIENT_RETRIES = 3
@@ -217,7 +219,7 @@ class Runner:
 
     def _run_lease(self) -> LeaseKeeper:
         """The lease on this run's staging folder, renewed while the keeper is entered, so that no
-        other run takes the folder for a crashed run's leftovers (:mod:`pgx_core.reclaim`)."""
+        other run takes the folder for a crashed run's leftovers (:mod:`pgx_core.run.reclaim`)."""
         uri = paths.run_lease_object(self.run.lake, self.run_id)
         got = acquire_lease(self.lake_store, uri, self.run_id, float(self.spec.spec.lease_ttl_seconds))
         if not isinstance(got, Lease):

@@ -7,10 +7,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgx_core import clock, paths
+from pgx_core import clock
 from pgx_core.exitcodes import ExitCode
-from pgx_core.storage import ObjectStore
-from pgx_core.worker import EntityOutcome
+from pgx_core.lake import paths
+from pgx_core.lake.storage import ObjectStore
+from pgx_core.run.worker import EntityOutcome
 
 SCHEMA_VERSION = 1
 

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgx_core import clock, failpoints, paths
-from pgx_core.backup import RunBackup
+from pgx_core import clock, failpoints
 from pgx_core.errors import (
     DataError,
     FencedError,
@@ -25,16 +24,18 @@ from pgx_core.errors import (
     TransientError,
     scrub,
 )
-from pgx_core.executor import StopFlag
 from pgx_core.exitcodes import ExitCode
+from pgx_core.lake import paths
+from pgx_core.lake.backup import RunBackup
+from pgx_core.lake.promote import Promoted, promote_object, sha256_of, verify_staged
+from pgx_core.lake.storage import ObjectStore, StoreConfig, arrow_error, open_store
 from pgx_core.log import get_logger
-from pgx_core.promote import Promoted, promote_object, sha256_of, verify_staged
-from pgx_core.resources import PeakRss
-from pgx_core.resume import decide
-from pgx_core.runspec import StageParams
+from pgx_core.run.executor import StopFlag
+from pgx_core.run.resources import PeakRss
+from pgx_core.run.resume import decide
+from pgx_core.spec.runspec import StageParams
 from pgx_core.stage import Entity, EntityResult, RunInfo, Stage, WorkContext
 from pgx_core.state import LeaseKeeper, OutputRecord, PipelineState, StateStore, Step, acquire_lease
-from pgx_core.storage import ObjectStore, StoreConfig, arrow_error, open_store
 
 log = get_logger(__name__)
 

@@ -20,8 +20,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from pgx_core import paths
 from pgx_core.errors import SpecError, SpecProblem
+from pgx_core.lake import paths
+from pgx_core.lake.schemes import STORES
 
 if TYPE_CHECKING:
     from pgx_core.stage import Stage, StageRegistry
@@ -47,13 +48,13 @@ _NO_PARENT = "must not contain a '..' path segment (it would address storage out
 
 
 def _has_parent_segment(value: str) -> bool:
-    """True for an ``s3://`` or ``file://`` URI with a ``..`` segment.
+    """True for a URI of a store's scheme (``s3://``, ``file://``) with a ``..`` segment.
 
     Storage takes URIs literally (a local path is not normalized first), so ``..`` would reach
     past the prefix the spec names, e.g. out of the lake.
     """
     scheme, sep, rest = value.partition("://")
-    return bool(sep) and scheme.lower() in {"s3", "file"} and ".." in rest.split("/")
+    return bool(sep) and scheme.lower() in STORES and ".." in rest.split("/")
 
 
 def _check_uri(value: str, what: str) -> str:

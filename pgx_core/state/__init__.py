@@ -18,9 +18,10 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
-from pgx_core import clock, paths
+from pgx_core import clock
 from pgx_core.errors import FencedError, PreconditionFailed, StorageError
-from pgx_core.storage import ObjectStore
+from pgx_core.lake import paths
+from pgx_core.lake.storage import ObjectStore
 
 Status = Literal["pending", "running", "completed", "failed", "quarantined"]
 _CAS_ATTEMPTS = 200

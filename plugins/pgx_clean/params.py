@@ -6,8 +6,8 @@ import re
 
 from pydantic import Field, field_validator
 
-from pgx_core import paths
-from pgx_core.runspec import StageParams
+from pgx_core.lake import paths
+from pgx_core.spec.runspec import StageParams
 
 
 def _check_uri(value: str, what: str) -> str:

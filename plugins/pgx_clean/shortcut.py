@@ -15,10 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pgx_core import paths
-from pgx_core.errors import UsageError
-from pgx_core.runspec import AGE_BANDS
-from pgx_core.shortcuts import (
+from pgx_core.cli.shortcuts import (
     LegacyFlag,
     add_common_arguments,
     add_legacy_arguments,
@@ -27,6 +24,9 @@ from pgx_core.shortcuts import (
     pipeline_run,
     years_between,
 )
+from pgx_core.errors import UsageError
+from pgx_core.lake import paths
+from pgx_core.spec.runspec import AGE_BANDS
 
 COMMAND = "clean"
 HELP = "seed-compatible: clean one dataset's silver partitions into gold (3_apcd_clean.py)"

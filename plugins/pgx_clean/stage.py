@@ -58,15 +58,15 @@ from pgx_clean.rules import (
     parse_drug_map_json,
     sort_indices_nulls_last,
 )
-from pgx_core import paths
 from pgx_core.errors import ConservationError, DataError, InterruptedRun, ObjectNotFound, StorageError, scrub
+from pgx_core.lake import paths
+from pgx_core.lake.parquet import MB, ROW_GROUP_ROWS
+from pgx_core.lake.parquet import FixedRowGroupWriter as GoldWriter
+from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
 from pgx_core.log import get_logger
-from pgx_core.parquet import MB, ROW_GROUP_ROWS
-from pgx_core.parquet import FixedRowGroupWriter as GoldWriter
-from pgx_core.runspec import Spec, StageParams, canonical_json
+from pgx_core.spec.runspec import Spec, StageParams, canonical_json
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
 from pgx_core.state import produced_checksum
-from pgx_core.storage import ObjectStore, StoreConfig, open_store
 
 log = get_logger(__name__)
 OLDER_OBJECTS_COUNTED = 1000  # objects at an older silver location counted for its warning (1001: more)

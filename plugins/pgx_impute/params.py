@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pgx_core.runspec import StageParams
+from pgx_core.spec.runspec import StageParams
 
 
 class ImputeParams(StageParams):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgx_core import report
+from pgx_core.cli import report
 from pgx_core.extend import Chart, ReportSection
 from pgx_impute.stage import ImputeStage
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pgx_core import paths
-from pgx_core.shortcuts import (
+from pgx_core.cli.shortcuts import (
     LegacyFlag,
     add_common_arguments,
     add_legacy_arguments,
@@ -20,6 +19,7 @@ from pgx_core.shortcuts import (
     lake_of_output_root,
     pipeline_run,
 )
+from pgx_core.lake import paths
 
 COMMAND = "impute"
 HELP = "seed-compatible: global imputation of bronze into silver (2_global_imputation.py)"

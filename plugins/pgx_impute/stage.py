@@ -42,12 +42,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pgx_apcd.layout import AGE_BANDS, DATA_TYPES
 
-from pgx_core import failpoints, paths
+from pgx_core import failpoints
 from pgx_core.errors import ConservationError, NoInput
+from pgx_core.lake import paths
+from pgx_core.lake.parquet import MB, ROW_GROUP_ROWS, FixedRowGroupWriter
+from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
 from pgx_core.log import get_logger
-from pgx_core.parquet import MB, ROW_GROUP_ROWS, FixedRowGroupWriter
 from pgx_core.stage import Entity, EntityResult, Output, RunInfo, Stage, WorkContext
-from pgx_core.storage import ObjectStore, StoreConfig, open_store
 from pgx_impute import partition, rules
 from pgx_impute.merge import merge_sorted, sort_key
 from pgx_impute.params import ImputeParams

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pgx_core.runspec import StageParams
+from pgx_core.spec.runspec import StageParams
 from pgx_ingest import parse, repair
 
 DataType = Literal["pharmacy", "medical"]

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pgx_apcd import layout
 
-from pgx_core import paths
 from pgx_core.errors import NoInput, UsageError
-from pgx_core.parquet import MB, row_parquet_options
+from pgx_core.lake import paths
+from pgx_core.lake.parquet import MB, row_parquet_options
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
 from pgx_core.state import produced_checksum
 from pgx_ingest.params import IngestParams, ReprocessParams

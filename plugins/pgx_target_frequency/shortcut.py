@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pgx_core.shortcuts import (
+from pgx_core.cli.shortcuts import (
     LegacyFlag,
     add_common_arguments,
     add_legacy_arguments,

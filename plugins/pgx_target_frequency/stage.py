@@ -1,6 +1,6 @@
 """The ``target-frequency`` (tgtfq) stage: code-frequency reports from gold medical.
 
-Writes three objects under ``gold/target_code/`` (:func:`pgx_core.paths.target_code_prefix`):
+Writes three objects under ``gold/target_code/`` (:func:`pgx_core.lake.paths.target_code_prefix`):
 ``icd_frequency_by_position.parquet``, ``procedure_code_frequency.parquet`` and
 ``suggested_icd_mappings.json``. The counting rules live in :mod:`pgx_target_frequency.rules`.
 
@@ -50,12 +50,12 @@ from pgx_apcd.layout import ICD_DIAGNOSIS_COLUMNS
 from pgx_update_codes.params import load_code_map_uri
 from pgx_update_codes.rules import CodeMap, CodeMapError
 
-from pgx_core import paths
 from pgx_core.errors import ConflictError
-from pgx_core.parquet import MB, PARQUET_OPTS
-from pgx_core.runspec import Spec, canonical_json
+from pgx_core.lake import paths
+from pgx_core.lake.parquet import MB, PARQUET_OPTS
+from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
+from pgx_core.spec.runspec import Spec, canonical_json
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
-from pgx_core.storage import ObjectStore, StoreConfig, open_store
 from pgx_target_frequency.params import TargetFrequencyParams
 from pgx_target_frequency.rules import (
     ICD_FREQUENCY_SCHEMA,
@@ -68,9 +68,6 @@ from pgx_target_frequency.rules import (
 )
 
 ENTITY_ID = "target_code"
-ICD_REPORT = "icd_frequency_by_position.parquet"
-PROCEDURE_REPORT = "procedure_code_frequency.parquet"
-SUGGESTIONS = "suggested_icd_mappings.json"
 COLUMNS = (*ICD_DIAGNOSIS_COLUMNS, "procedure_code")
 _PARTIAL_ETAG = b"pgx.etag"
 _PARTIAL_ROWS = b"pgx.rows"
@@ -81,8 +78,7 @@ _MERGE_EVERY = 8  # batch partials merged in groups: bounded by distinct codes, 
 
 def report_uris(lake: str) -> tuple[str, str, str]:
     """``(icd report, procedure report, suggested mappings)`` URIs."""
-    prefix = paths.target_code_prefix(lake)
-    return prefix + ICD_REPORT, prefix + PROCEDURE_REPORT, prefix + SUGGESTIONS
+    return paths.target_code_objects(lake)
 
 
 def _scratch(ctx: WorkContext, part: dict[str, Any]) -> tuple[str, str]:
@@ -348,8 +344,5 @@ class TargetFrequencyStage(Stage[TargetFrequencyParams]):
         )
 
     def output_schema(self, output: Output) -> pa.Schema | None:
-        if output.uri.endswith(ICD_REPORT):
-            return ICD_FREQUENCY_SCHEMA
-        if output.uri.endswith(PROCEDURE_REPORT):
-            return PROCEDURE_FREQUENCY_SCHEMA
-        return None
+        icd, procedure, _ = report_uris(self.run.lake)
+        return {icd: ICD_FREQUENCY_SCHEMA, procedure: PROCEDURE_FREQUENCY_SCHEMA}.get(output.uri)

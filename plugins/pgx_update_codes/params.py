@@ -17,8 +17,8 @@ from pydantic import Field, field_validator
 
 from pgx_core.errors import ObjectNotFound, PgxError, scrub
 from pgx_core.exitcodes import ExitCode
-from pgx_core.runspec import StageParams
-from pgx_core.storage import StoreConfig, open_store
+from pgx_core.lake.storage import StoreConfig, open_store
+from pgx_core.spec.runspec import StageParams
 from pgx_update_codes.rules import CodeKind, CodeMap, CodeMapError, load_code_map
 
 Dataset = Literal["pharmacy", "medical"]

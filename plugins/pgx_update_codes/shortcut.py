@@ -23,11 +23,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pgx_target_frequency.stage import SUGGESTIONS
-
-from pgx_core import paths
-from pgx_core.errors import UsageError
-from pgx_core.shortcuts import (
+from pgx_core.cli.shortcuts import (
     LegacyFlag,
     add_common_arguments,
     add_legacy_arguments,
@@ -35,6 +31,8 @@ from pgx_core.shortcuts import (
     default_lake,
     pipeline_run,
 )
+from pgx_core.errors import UsageError
+from pgx_core.lake import paths
 
 COMMAND = "update-codes"
 HELP = "seed-compatible: pass-2 target-code normalization of gold (7_update_codes.py)"
@@ -122,7 +120,7 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.use_suggested and args.target_map:
         raise UsageError("--use-suggested and --target-map both name the target map: give one")
     if args.use_suggested:
-        params["targetMap"] = paths.join(paths.target_code_prefix(lake), SUGGESTIONS)
+        params["targetMap"] = paths.target_code_objects(lake)[2]
     elif "medical" in datasets or args.target_map:
         params["targetMap"] = as_uri(args.target_map or default_target_map(lake))
     for key, name in (("procedure_map", "procedureMap"), ("drug_map", "drugMap")):

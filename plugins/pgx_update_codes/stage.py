@@ -66,13 +66,13 @@ import pyarrow.parquet as pq
 from pgx_apcd.layout import ICD_DIAGNOSIS_COLUMNS, PROCEDURE_COLUMNS
 from pgx_clean.rules import DrugMap
 
-from pgx_core import paths
 from pgx_core.errors import ConflictError, DataError, NoInput
-from pgx_core.parquet import MB, row_parquet_options
-from pgx_core.runspec import Spec, canonical_json
+from pgx_core.lake import paths
+from pgx_core.lake.parquet import MB, row_parquet_options
+from pgx_core.lake.storage import ObjectInfo, ObjectStore, StoreConfig
+from pgx_core.spec.runspec import Spec, canonical_json
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
 from pgx_core.state import OutputRecord, PipelineState, StateStore
-from pgx_core.storage import ObjectInfo, ObjectStore, StoreConfig
 from pgx_update_codes.params import (
     UpdateCodesParams,
     load_code_map_uri,

@@ -16,7 +16,7 @@ from kubernetes_validate.utils import latest_version
 
 from pgx_core.exitcodes import ExitCode
 from pgx_core.pluginmanager import make_plugin_manager
-from pgx_core.runspec import RunSpec, parse_yaml, validate_document
+from pgx_core.spec.runspec import RunSpec, parse_yaml, validate_document
 from pgx_core.stage import StageRegistry
 
 REPO = Path(__file__).resolve().parents[2]

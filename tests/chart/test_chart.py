@@ -11,7 +11,7 @@ import ray
 import yaml
 
 from pgx_core import __version__
-from pgx_core.render import JobSettings, RayClusterSettings, render_rayjob, render_run
+from pgx_core.k8s.render import JobSettings, RayClusterSettings, render_rayjob, render_run
 from tests.chart.k8s import (
     CHART,
     KUBE_VERSIONS,

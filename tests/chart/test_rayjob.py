@@ -12,8 +12,8 @@ import ray
 import yaml
 
 from pgx_core.errors import UsageError
-from pgx_core.render import JobSettings, RayClusterSettings, render_raycluster, render_rayjob
-from pgx_core.runspec import RunSpec, validate_document
+from pgx_core.k8s.render import JobSettings, RayClusterSettings, render_raycluster, render_rayjob
+from pgx_core.spec.runspec import RunSpec, validate_document
 from tests.chart.k8s import (
     check_job_spec,
     check_ray_pod,

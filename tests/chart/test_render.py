@@ -1,4 +1,4 @@
-"""pgx_core.render: the ConfigMap + Job `pgx render` prints."""
+"""pgx_core.k8s.render: the ConfigMap + Job `pgx render` prints."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from pgx_core.errors import UsageError
-from pgx_core.render import DEFAULT_IMAGE, JobSettings, object_name, render_run, spec_yaml, to_yaml
-from pgx_core.runspec import RunSpec, parse_yaml, validate_document
+from pgx_core.k8s.render import DEFAULT_IMAGE, JobSettings, object_name, render_run, spec_yaml, to_yaml
+from pgx_core.spec.runspec import RunSpec, parse_yaml, validate_document
 from tests.chart.k8s import check_job_spec, registry, secret_like, spec_of, validate_k8s
 
 pytestmark = pytest.mark.chart

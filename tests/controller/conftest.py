@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from pgx_core.controller import Controller
+from pgx_core.k8s.controller import Controller
 from tests.chart.k8s import registry
 from tests.controller.fakeapi import FakeKube
 

@@ -1,4 +1,4 @@
-"""The PipelineRun CRD (pgx_core.crd): generated from the run-spec models, valid, not drifting."""
+"""The PipelineRun CRD (pgx_core.k8s.crd): generated from the run-spec models, valid, not drifting."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from pgx_core import crd
 from pgx_core.errors import SpecError
-from pgx_core.runspec import Spec, validate_document
+from pgx_core.k8s import crd
+from pgx_core.spec.runspec import Spec, validate_document
 from tests.chart.k8s import REPO, registry, validate_k8s
 
 pytestmark = pytest.mark.integration
@@ -101,7 +101,7 @@ def _fields(model: type[BaseModel], node: dict[str, Any], path: str) -> None:
 def test_crd_matches_the_pydantic_models() -> None:
     # One source of truth: every field (camelCase alias) of Spec and its sub-models, nothing else.
     _fields(Spec, schema()["properties"]["spec"], "spec")
-    from pgx_core.runspec import StageSpec
+    from pgx_core.spec.runspec import StageSpec
 
     _fields(StageSpec, schema()["properties"]["spec"]["properties"]["stages"]["items"], "spec.stages[]")
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pgx_core import clock
-from pgx_core.controller import Controller, child_name
+from pgx_core.k8s.controller import Controller, child_name
 from tests.chart.k8s import check_job_spec, validate_k8s
 from tests.controller.conftest import CMS, JOBS, LEASES, PODS, RUNS, pipelinerun
 from tests.controller.fakeapi import FakeKube
@@ -327,7 +327,7 @@ def test_main_stops_cleanly_on_sigterm(kube: FakeKube, tmp_path: Path) -> None:
     )
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)}
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    code = "import sys; from pgx_core.controller import main; sys.exit(main('pgx', 'registry.example.com/pgx:1'))"
+    code = "import sys; from pgx_core.k8s.controller import main; sys.exit(main('pgx', 'registry.example.com/pgx:1'))"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         kube.create(RUNS, pipelinerun())

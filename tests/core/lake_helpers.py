@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pgx_core import paths
-from pgx_core.storage import ObjectStore, StoreConfig
+from pgx_core.lake import paths
+from pgx_core.lake.storage import ObjectStore, StoreConfig
 from tests.conftest import pgx
 
 CANARY_KEY = "0048151623420"  # a member-key-shaped canary: must never leave the data objects

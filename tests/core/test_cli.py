@@ -189,7 +189,7 @@ def test_seed_compatible_shortcuts_map_flags_onto_one_stage_specs() -> None:
 def test_every_flag_of_the_older_scripts_is_accepted() -> None:
     """The older scripts' whole command lines parse (values invented, flags theirs)."""
     from pgx_core.cli import build_parser
-    from pgx_core.shortcuts import notes
+    from pgx_core.cli.shortcuts import notes
 
     parser = build_parser()
     older = {

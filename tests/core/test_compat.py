@@ -11,9 +11,9 @@ import pytest
 from helpers_1997_13 import s3_utils
 from helpers_1997_13.pipeline_state import GlobalPipelineTracker, PipelineState
 
-from pgx_core import paths
+from pgx_core.lake import paths
+from pgx_core.lake.storage import StoreConfig, open_store
 from pgx_core.state import StateStore
-from pgx_core.storage import StoreConfig, open_store
 
 CANARY = "0048151623420"  # a member-key-shaped canary: never stored by pgx's state
 

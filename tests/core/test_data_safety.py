@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pgx_core import clock, paths
-from pgx_core.storage import ObjectStore, StoreConfig, open_store
+from pgx_core import clock
+from pgx_core.lake import paths
+from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
 from tests.conftest import pgx_popen, pgx_run_paused
 from tests.core.lake_helpers import data_objects, input_table, put_table, run_json, write_spec
 
@@ -132,7 +133,7 @@ def one_second(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_many_backups_in_one_second_never_share_a_prefix(lake: tuple[str, StoreConfig], one_second: None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from pgx_core.backup import backup_s3_prefix
+    from pgx_core.lake.backup import backup_s3_prefix
 
     uri, cfg = lake
     store = open_store(uri, cfg)
@@ -153,7 +154,7 @@ def test_many_backups_in_one_second_never_share_a_prefix(lake: tuple[str, StoreC
 def test_runs_and_backup_calls_in_one_second_keep_their_own_prefixes(
     lake: tuple[str, StoreConfig], one_second: None
 ) -> None:
-    from pgx_core.backup import RunBackup, backup_s3_prefix, find_run_backup
+    from pgx_core.lake.backup import RunBackup, backup_s3_prefix, find_run_backup
 
     uri, cfg = lake
     store = open_store(uri, cfg)
@@ -228,7 +229,7 @@ def test_an_s3_outage_inside_a_stage_is_transient_not_a_stage_bug() -> None:
     """pyarrow's S3 filesystem raises a bare OSError for an outage; it failed the entity as a
     StageError (exit 1, never retried) with the library's multi-line message."""
     from pgx_core.errors import StageError, TransientError
-    from pgx_core.worker import _process
+    from pgx_core.run.worker import _process
 
     class Reader:
         type_name, version = "reader", "1"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pgx_core import paths
-from pgx_core.storage import StoreConfig, open_store
+from pgx_core.lake import paths
+from pgx_core.lake.storage import StoreConfig, open_store
 from tests.conftest import pgx
 from tests.core.lake_helpers import input_table, put_table, summaries, write_spec
 
@@ -54,7 +54,7 @@ def test_plan_shows_what_a_limited_run_leaves_for_later(tmp_path: Path, teststag
 
 def test_the_closing_report_names_what_a_limit_left_and_why() -> None:
     from pgx_core.cli import _stage_lines
-    from pgx_core.summary import StageTally
+    from pgx_core.run.summary import StageTally
 
     t = StageTally("impute", "impute", limit=1, deferred=3, without_input=14)
     t.totals.update(entities=2, completed=1, skipped=1)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pgx_core.parquet import FixedRowGroupWriter, row_parquet_options
+from pgx_core.lake.parquet import FixedRowGroupWriter, row_parquet_options
 
 
 def _stats(path: Path) -> dict[str, bool]:

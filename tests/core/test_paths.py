@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgx_core import paths
+from pgx_core.lake import paths
 
 
 def test_zone_root_default_lake_and_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from pgx_core.progress import Progress
-from pgx_core.worker import EntityOutcome
+from pgx_core.cli.progress import Progress
+from pgx_core.run.worker import EntityOutcome
 from tests.conftest import pgx
 from tests.core.lake_helpers import input_table, put_table, write_spec
 
@@ -36,7 +36,7 @@ def test_progress_is_silent_when_disabled() -> None:
 
 
 def test_status_counts_entities(tmp_path: Path, teststage: Path) -> None:
-    from pgx_core.storage import StoreConfig, open_store
+    from pgx_core.lake.storage import StoreConfig, open_store
 
     lake = (tmp_path / "lake").as_uri()
     store = open_store(lake)

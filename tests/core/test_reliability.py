@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pgx_core import failpoints, paths
-from pgx_core.storage import ObjectStore, StoreConfig, open_store
+from pgx_core import failpoints
+from pgx_core.lake import paths
+from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
 from tests.conftest import pgx
 from tests.core.lake_helpers import (
     CANARY_KEY,
@@ -373,10 +374,10 @@ def test_lease_of_a_dead_process_is_taken_over_at_once(lake: tuple[str, StoreCon
 def test_store_without_conditional_writes_is_refused(
     tmp_path: Path, teststage: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pgx_core.lake.storage import ObjectStore as Base
     from pgx_core.pluginmanager import make_plugin_manager
-    from pgx_core.runner import Runner
-    from pgx_core.runspec import load_spec
-    from pgx_core.storage import ObjectStore as Base
+    from pgx_core.run.runner import Runner
+    from pgx_core.spec.runspec import load_spec
 
     monkeypatch.setattr(Base, "check_conditional_writes", lambda self, probe: False)
     lake = (tmp_path / "lake").as_uri()

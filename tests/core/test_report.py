@@ -1,4 +1,4 @@
-"""``pgx report`` (pgx_core.report): a self-contained HTML page and PNG charts built from summaries only."""
+"""``pgx report`` (pgx_core.cli.report): a self-contained HTML page and PNG charts built from summaries only."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import yaml
 from pgx_apcd import layout
 from pgx_apcd.sample import generate
 
-from pgx_core import paths, report
+from pgx_core.cli import report
 from pgx_core.errors import UsageError
+from pgx_core.lake import paths
+from pgx_core.lake.storage import StoreConfig, open_store
 from pgx_core.pluginmanager import make_plugin_manager
-from pgx_core.runner import Runner
-from pgx_core.runspec import load_spec
-from pgx_core.storage import StoreConfig, open_store
+from pgx_core.run.runner import Runner
+from pgx_core.spec.runspec import load_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CANARY = "8675309042"  # a member key planted in the raw data; it must reach gold and never the report

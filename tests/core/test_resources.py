@@ -4,7 +4,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pgx_core.resources import PeakRss
+from pgx_core.run.resources import PeakRss
 
 MB = 1 << 20
 

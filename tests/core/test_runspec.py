@@ -9,7 +9,7 @@ from pgx_ingest import plugin as ingest_plugin
 from pgx_core.errors import SpecError
 from pgx_core.hookspecs import hookimpl
 from pgx_core.pluginmanager import Plugins, make_plugin_manager
-from pgx_core.runspec import StageParams, load_spec, parse_yaml, validate_document
+from pgx_core.spec.runspec import StageParams, load_spec, parse_yaml, validate_document
 from pgx_core.stage import StageRegistry
 from tests.support import pgx_teststage
 from tests.support.pgx_teststage import CopyTable

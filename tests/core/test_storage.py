@@ -1,6 +1,6 @@
-"""Conformance suite for pgx_core.storage: every test runs on the local and the S3 (moto) store.
+"""Conformance suite for pgx_core.lake.storage: every test runs on the local and the S3 (moto) store.
 
-The ``lake`` fixture (pgx_core.testing) yields ``(lake_uri, StoreConfig)`` for ``local`` and ``s3``.
+The ``lake`` fixture (pgx_testing) yields ``(lake_uri, StoreConfig)`` for ``local`` and ``s3``.
 Multi-process tests run on 8 'spawn' processes, each task building its own store with
 ``open_store`` as Ray workers do.
 """
@@ -31,7 +31,7 @@ from pgx_core.errors import (
     UnsupportedCondition,
     UsageError,
 )
-from pgx_core.storage import (
+from pgx_core.lake.storage import (
     LocalStore,
     ObjectInfo,
     ObjectStore,
@@ -80,7 +80,7 @@ def test_split_and_join_uri() -> None:
 
 def test_open_store_dispatch() -> None:
     assert isinstance(open_store("file:///tmp/lake"), LocalStore)
-    from pgx_core.storage_s3 import S3Store
+    from pgx_core.lake.storage_s3 import S3Store
 
     assert isinstance(open_store("s3://bkt/lake", StoreConfig(endpoint_url="http://127.0.0.1:1")), S3Store)
     with pytest.raises(UsageError, match=r"s3://.*file://"):
@@ -372,7 +372,7 @@ def test_parquet_through_arrow_fs_and_streams(lake: Lake) -> None:
 
 
 def _small_part_store(endpoint: str) -> Any:
-    from pgx_core.storage_s3 import MiB, S3Store
+    from pgx_core.lake.storage_s3 import MiB, S3Store
 
     # 5 MiB is S3's (and moto's) minimum part size; 1 MiB threshold forces multipart copies.
     config = StoreConfig(endpoint_url=endpoint)
@@ -425,7 +425,7 @@ def test_s3_delete_if_match_without_server_support(
 ) -> None:
     from botocore.exceptions import ClientError
 
-    from pgx_core.storage_s3 import S3Store
+    from pgx_core.lake.storage_s3 import S3Store
 
     store = S3Store(StoreConfig(endpoint_url=moto_s3_server))
     real_delete = store.client.delete_object
@@ -483,7 +483,7 @@ def test_s3_error_mapping() -> None:
         UnauthorizedSSOTokenError,
     )
 
-    from pgx_core.storage_s3 import _s3_errors
+    from pgx_core.lake.storage_s3 import _s3_errors
 
     def client_error(code: str, status: int) -> ClientError:
         response: Any = {
@@ -620,7 +620,7 @@ def test_s3_store_refusing_conditional_headers_fails_the_check(
 ) -> None:
     from botocore.exceptions import ClientError
 
-    from pgx_core.storage_s3 import S3Store
+    from pgx_core.lake.storage_s3 import S3Store
 
     store = S3Store(StoreConfig(endpoint_url=moto_s3_server))
     real_put = store.client.put_object
@@ -658,7 +658,7 @@ def iam_auth(s3_bucket: str) -> Iterator[Any]:
 
 def _s3_store_in_env(monkeypatch: pytest.MonkeyPatch, endpoint: str, **env: str) -> Any:
     """An S3 store whose client resolves credentials afresh from this environment."""
-    from pgx_core import storage_s3
+    from pgx_core.lake import storage_s3
 
     for name in [n for n in os.environ if n.startswith("AWS_")]:
         monkeypatch.delenv(name)
@@ -735,7 +735,7 @@ def test_s3_without_any_credentials_says_so(
 
 @pytest.mark.s3
 def test_s3_missing_bucket_is_named(moto_s3_server: str) -> None:
-    from pgx_core.storage_s3 import S3Store
+    from pgx_core.lake.storage_s3 import S3Store
 
     store = S3Store(StoreConfig(endpoint_url=moto_s3_server))
     bucket = f"pgx-missing-{os.urandom(6).hex()}"
@@ -827,7 +827,7 @@ ARROW_CASES: list[tuple[BaseException, type[Exception] | None, str]] = [
 
 @pytest.mark.parametrize(("raised", "expected", "text"), ARROW_CASES)
 def test_arrow_errors_are_classified(raised: BaseException, expected: type[Exception] | None, text: str) -> None:
-    from pgx_core.storage import arrow_error
+    from pgx_core.lake.storage import arrow_error
 
     got = arrow_error(raised)
     if expected is None:
@@ -842,7 +842,7 @@ def test_arrow_error_of_a_real_outage_is_transient() -> None:
 
     import pyarrow.fs
 
-    from pgx_core.storage import arrow_error
+    from pgx_core.lake.storage import arrow_error
 
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -866,7 +866,7 @@ def test_arrow_error_of_a_real_outage_is_transient() -> None:
 def test_arrow_error_of_rejected_credentials(s3_lake: str, s3_bucket: str, moto_s3_server: str, iam_auth: Any) -> None:
     import pyarrow.fs
 
-    from pgx_core.storage import arrow_error
+    from pgx_core.lake.storage import arrow_error
 
     store = open_store(s3_lake, StoreConfig(endpoint_url=moto_s3_server))
     fs, _ = store.arrow_fs()

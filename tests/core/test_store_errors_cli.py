@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pgx_core import paths
-from pgx_core.storage import StoreConfig, open_store, split_uri
+from pgx_core.lake import paths
+from pgx_core.lake.storage import StoreConfig, open_store, split_uri
 
 KEY_CANARY = "AKIAPGXCANARY0000002"
 SECRET_CANARY = "pgx-secret-canary-7a3e90b1"  # noqa: S105 - a canary, not a secret
@@ -206,7 +206,7 @@ def test_run_with_endpoint_down_names_what_failed_exit_75(tmp_path: Path, testst
 
 
 def test_endpoint_dying_mid_run_is_transient_not_a_traceback(tmp_path: Path, teststage: Path) -> None:
-    from pgx_core.testing import _s3_client, _start_moto
+    from pgx_testing import _s3_client, _start_moto
 
     server = _start_moto()
     try:

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from pgx_core import docgen, hookspecs
-from pgx_core.cli import build_parser
+from pgx_core import hookspecs
+from pgx_core.cli import build_parser, docgen
 from pgx_core.exitcodes import ExitCode
-from pgx_core.runspec import PipelineRun
+from pgx_core.spec.runspec import PipelineRun
 from tests.conftest import REPO, pgx
 
 DOCS = REPO / "docs"
@@ -53,7 +53,7 @@ def table_keys(text: str) -> list[str]:
 def model_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     """Every key of ``model`` by alias, nested models included (``spec.stages[].use``).
 
-    Written independently of pgx_core.docgen on purpose: the generated tables are checked
+    Written independently of pgx_core.cli.docgen on purpose: the generated tables are checked
     against this walk, not against themselves.
     """
     out = []
@@ -71,7 +71,7 @@ def model_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 def test_runspec_generated_tables_are_current() -> None:
     text = read("runspec.md")
-    assert docgen.render(text) == text, "docs/runspec.md is stale: run python -m pgx_core.docgen --write"
+    assert docgen.render(text) == text, "docs/runspec.md is stale: run python -m pgx_core.cli.docgen --write"
 
 
 def test_runspec_documents_every_key_of_the_document() -> None:

@@ -13,8 +13,8 @@ from pgx_clean.rules import clean_partition
 from pgx_core.cli import build_parser
 from pgx_core.errors import SpecError, UsageError
 from pgx_core.pluginmanager import make_plugin_manager
-from pgx_core.runner import Runner
-from pgx_core.runspec import validate_document
+from pgx_core.run.runner import Runner
+from pgx_core.spec.runspec import validate_document
 from tests.plugins.test_clean_stage import gold_path, make_silver, write_silver
 
 pytestmark = pytest.mark.integration

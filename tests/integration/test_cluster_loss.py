@@ -12,8 +12,8 @@ from subprocess import Popen
 
 import pytest
 
-from pgx_core import paths
-from pgx_core.storage import StoreConfig, open_store
+from pgx_core.lake import paths
+from pgx_core.lake.storage import StoreConfig, open_store
 from tests.conftest import pgx_popen
 from tests.core.lake_helpers import data_objects, input_table, put_table, run_json, write_spec
 from tests.integration.ray_head import head_env, ray_cluster, ray_head

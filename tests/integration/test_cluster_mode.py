@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
+from pgx_core.cli.project import make_project
+from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
 from pgx_core.pluginmanager import make_plugin_manager
-from pgx_core.project import make_project
-from pgx_core.storage import ObjectStore, StoreConfig, open_store
-from pgx_core.testing import TEST_REGION, _s3_client
+from pgx_testing import TEST_REGION, _s3_client
 from tests.conftest import pgx, pgx_popen
 from tests.core.lake_helpers import data_objects
 from tests.integration.ray_head import Cluster, head_env, ray_cluster

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from pgx_core import paths
+from pgx_core.lake import paths
+from pgx_core.lake.storage import open_store
 from pgx_core.pluginmanager import make_plugin_manager
-from pgx_core.runner import Runner
-from pgx_core.runspec import load_spec
-from pgx_core.storage import open_store
+from pgx_core.run.runner import Runner
+from pgx_core.spec.runspec import load_spec
 from tests.conftest import SUPPORT, pgx
 from tests.core.lake_helpers import data_objects, input_table, put_table, summaries
 from tests.integration.ray_head import head_env, ray_head
@@ -188,8 +188,8 @@ def test_a_cluster_on_other_ray_or_python_versions_is_refused_with_both(
     """Work items are pickled by the driver and run by the cluster: their versions must agree."""
     import ray
 
-    from pgx_core import ray_executor
     from pgx_core.errors import UsageError
+    from pgx_core.run import ray_executor
 
     @ray.remote(num_cpus=0)
     def older() -> tuple[str, str]:
@@ -206,8 +206,8 @@ def test_a_cluster_on_other_ray_or_python_versions_is_refused_with_both(
 
 
 def test_joining_by_gcs_address_without_a_local_ray_node_points_to_ray_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pgx_core import ray_executor
     from pgx_core.errors import UsageError
+    from pgx_core.run import ray_executor
 
     def no_node(**_options: object) -> None:
         raise RuntimeError("Failed to get node info: No node info found for the given node IP address")
@@ -221,7 +221,7 @@ def test_joining_by_gcs_address_without_a_local_ray_node_points_to_ray_client(mo
 
 def test_a_ray_client_connection_the_head_fails_to_start_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray 2.60's client server sometimes loses the server process it starts for a new driver."""
-    from pgx_core import ray_executor
+    from pgx_core.run import ray_executor
 
     calls: list[str] = []
 
@@ -250,7 +250,7 @@ def test_each_work_item_asks_ray_for_the_specs_cpus_and_memory(ray_session: None
     """The scheduler places work items by what they ask for: ``cpusPerItem`` and ``memoryBudgetMb``."""
     from types import SimpleNamespace
 
-    from pgx_core.ray_executor import RayExecutor
+    from pgx_core.run.ray_executor import RayExecutor
 
     run: Any = SimpleNamespace(max_parallel=None, ray_address=None, cpus_per_item=0.5)
     executor = RayExecutor(threading.Event(), run)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pgx_core.storage import ObjectStore, StoreConfig, open_store
-from pgx_core.testing import TEST_REGION, _s3_client
+from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
+from pgx_testing import TEST_REGION, _s3_client
 from tests.conftest import pgx
 
 pytestmark = pytest.mark.integration

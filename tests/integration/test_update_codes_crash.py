@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from pgx_core import failpoints
-from pgx_core.rollback import rollback_run
-from pgx_core.runspec import load_spec
-from pgx_core.storage import open_store
+from pgx_core.lake.storage import open_store
+from pgx_core.run.rollback import rollback_run
+from pgx_core.spec.runspec import load_spec
 from tests.conftest import pgx
 from tests.plugins.test_update_codes_stage import (
     PARTS,

@@ -27,15 +27,15 @@ from pgx_clean import stage as clean_stage
 from pgx_clean.rules import clean_partition, gold_schema, silver_schema
 from pgx_clean.stage import GoldWriter, clean_stream, plan_chunk_rows
 
-from pgx_core import paths
 from pgx_core.errors import SpecError
+from pgx_core.lake import paths
+from pgx_core.lake.promote import sha256_of
+from pgx_core.lake.storage import LocalStore
 from pgx_core.log import JsonFormatter
 from pgx_core.pluginmanager import make_plugin_manager
-from pgx_core.promote import sha256_of
-from pgx_core.runner import Runner
-from pgx_core.runspec import load_spec
+from pgx_core.run.runner import Runner
+from pgx_core.spec.runspec import load_spec
 from pgx_core.state import PipelineState
-from pgx_core.storage import LocalStore
 from tests.conftest import local_spec, pgx, run_spec
 
 SOURCES = ("age_source", "gender_source", "race_source", "zip_source", "county_source", "payer_source")

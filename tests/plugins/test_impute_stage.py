@@ -27,7 +27,7 @@ from pgx_impute.stage import (
     silver_schema,
 )
 
-from pgx_core.runner import Runner
+from pgx_core.run.runner import Runner
 from tests.conftest import local_spec, run_spec
 
 INGEST = [

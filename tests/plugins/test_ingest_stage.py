@@ -14,7 +14,7 @@ import pytest
 from pgx_apcd import layout
 from pgx_apcd.sample import SampleManifest, generate
 
-from pgx_core.runner import Runner
+from pgx_core.run.runner import Runner
 from tests.conftest import local_spec, run_spec
 
 CANARY = "0099887766"

@@ -179,7 +179,7 @@ def test_partials_are_counted_once_in_parallel_and_recounted_when_missing(
 
 def test_no_gold_medical_means_no_report_and_bad_map_is_a_spec_error(tmp_path: Path) -> None:
     from pgx_core.errors import SpecError
-    from pgx_core.runspec import load_spec
+    from pgx_core.spec.runspec import load_spec
     from tests.plugins.test_update_codes_stage import plugins
 
     lake = tmp_path / "lake"

@@ -21,12 +21,12 @@ from pgx_clean.rules import gold_schema, load_drug_map
 from pgx_update_codes import stage as updcd_stage
 from pgx_update_codes.rules import load_code_map, update_codes_table
 
-from pgx_core import paths
 from pgx_core.errors import SpecError
 from pgx_core.hookspecs import hookimpl
+from pgx_core.lake import paths
 from pgx_core.pluginmanager import Plugins, make_plugin_manager
-from pgx_core.runner import Runner
-from pgx_core.runspec import StageParams, load_spec, validate_document
+from pgx_core.run.runner import Runner
+from pgx_core.spec.runspec import StageParams, load_spec, validate_document
 from pgx_core.stage import Entity, EntityResult, Output, Stage, StageRegistry, WorkContext
 from tests.conftest import local_spec, run_spec
 
@@ -449,8 +449,8 @@ def test_maps_are_validated_with_the_spec_naming_keys(tmp_path: Path) -> None:
 
 def test_shortcut_maps_the_legacy_command_line_to_a_valid_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pgx_core.cli import build_parser
+    from pgx_core.cli.shortcuts import notes as shortcut_notes
     from pgx_core.errors import UsageError
-    from pgx_core.shortcuts import notes as shortcut_notes
 
     def parse(*argv: str) -> Any:
         return build_parser().parse_args(["update-codes", *argv])
@@ -535,7 +535,7 @@ def test_on_s3_pass2_rewrites_once_and_clean_keeps_accepting(
 ) -> None:
     import io
 
-    from pgx_core.storage import StoreConfig, open_store
+    from pgx_core.lake.storage import StoreConfig, open_store
 
     cfg = StoreConfig(endpoint_url=moto_s3_server, region="us-east-1")
     store = open_store(s3_lake, cfg)

@@ -12,10 +12,10 @@ import time
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pgx_core import paths
 from pgx_core.errors import DataError, TransientError
 from pgx_core.hookspecs import hookimpl
-from pgx_core.runspec import StageParams
+from pgx_core.lake import paths
+from pgx_core.spec.runspec import StageParams
 from pgx_core.stage import Entity, EntityResult, Output, Stage, StageRegistry, WorkContext
 
 

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from pgx_core import paths
-from pgx_core.runspec import StageParams
+from pgx_core.lake import paths
+from pgx_core.spec.runspec import StageParams
 from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
 
 SCHEMA = pa.schema([("source_file", pa.string()), ("lines", pa.int64()), ("bytes", pa.int64())])
