@@ -19,26 +19,32 @@ _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("pgx_l
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 
 
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    """A record's fields: the bound context (``run_id``, ``stage``…) and its ``extra`` values."""
+    out = dict(_context.get())
+    out.update((k, v) for k, v in record.__dict__.items() if k not in _STD_ATTRS)
+    return out
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        out: dict[str, Any] = {"ts": ts, "level": record.levelname.lower()}
-        out.update(_context.get())
-        out["msg"] = record.getMessage()
-        for key, value in record.__dict__.items():
-            if key not in _STD_ATTRS:
-                out[key] = value
+        out: dict[str, Any] = {"ts": ts, "level": record.levelname.lower(), "msg": record.getMessage()}
+        out.update(fields(record))
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-def setup(level: str = "INFO") -> None:
-    """Install the JSON handler on the ``pgx`` logger hierarchy (idempotent)."""
+def setup(level: str = "INFO", handler: logging.Handler | None = None) -> None:
+    """Send the ``pgx`` logger hierarchy to ``handler`` (default: JSON lines on standard error),
+    replacing the handler an earlier call installed."""
     logger = logging.getLogger("pgx")
-    if not any(getattr(h, "_pgx", False) for h in logger.handlers):
+    for old in [h for h in logger.handlers if getattr(h, "_pgx", False)]:
+        logger.removeHandler(old)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-        handler._pgx = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    handler._pgx = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pgx_core import __version__, log
+from pgx_core.cli.ui import Ui, make_ui
 from pgx_core.errors import PgxError, SpecError, UsageError, scrub
 from pgx_core.exitcodes import ExitCode
 
@@ -167,10 +168,26 @@ def _stage_lines(tally: Any) -> list[str]:
     return lines
 
 
+def _hints(spec: str | None, runner: Any, code: int) -> list[str]:
+    """The next commands worth trying after a run, by how it ended."""
+    lake = runner.run.lake
+    report = f"pgx report {runner.run_id} --lake {lake}"
+    status = f"pgx status {spec}" if spec else None
+    rerun = f"pgx run {spec}" if spec else "the same command again"
+    done = sum(t.totals["completed"] + t.totals["failed"] for t in runner.tallies)
+    if code == ExitCode.OK and not done:
+        return [f"pgx plan {spec}  (why each entity is skipped)" if spec else "nothing was left to do"]
+    if code == ExitCode.OK:
+        return [f"{report}  (an HTML report of this run)", *([status] if status else [])]
+    if code == ExitCode.DATA:
+        return [f"{report}  (the failed entities and why)", *([status] if status else [])]
+    if code == ExitCode.CONFLICT:
+        return [f"{status}  (what another run holds)" if status else f"{rerun} when the other run ends"]
+    return [f"{rerun}  (resumes where this run stopped)"]
+
+
 def _execute(args: argparse.Namespace, make_runner: Callable[..., Any]) -> int:
     """Run with SIGTERM/SIGINT as a clean stop, progress on a terminal, and a closing report."""
-    from pgx_core.cli.progress import Progress  # noqa: PLC0415
-
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -181,10 +198,10 @@ def _execute(args: argparse.Namespace, make_runner: Callable[..., Any]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    progress = Progress(enabled=not args.json and sys.stderr.isatty())
-    runner = make_runner(stop=stop, on_progress=progress.update if progress.enabled else None)
+    ui: Ui = args.ui
+    runner = make_runner(stop=stop, on_progress=ui.update if ui.live else None, on_starting=ui.starting)
     code = runner.execute()
-    progress.close()
+    ui.close()
     if runner.error:
         print(f"pgx: {runner.error}", file=sys.stderr)
     doc = {
@@ -205,12 +222,10 @@ def _execute(args: argparse.Namespace, make_runner: Callable[..., Any]) -> int:
     }
 
     def human() -> None:
-        for t in runner.tallies:
-            for line in _stage_lines(t):
-                print(line)
-        print(f"run {runner.run_id} finished: exit {int(code)} ({ExitCode(code).name.lower()})")
-        for s in runner.summaries:
-            print(f"  summary: {s}")
+        lines = [line for t in runner.tallies for line in _stage_lines(t)]
+        lines += [f"summary: {s}" for s in runner.summaries]
+        title = f"run {runner.run_id} finished: exit {int(code)} ({ExitCode(code).name.lower()})"
+        ui.panel(title, lines, _hints(getattr(args, "spec", None), runner, code), ok=code == ExitCode.OK)
 
     _emit(args, doc, human)
     return int(code)
@@ -277,13 +292,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     out = {"spec": str(spec_path), "lake": doc["spec"]["lake"], "stages": stages, "sample_rows": args.sample_rows}
 
     def human() -> None:
-        print(f"pgx project in {spec_path.parent}: {len(out['stages'])} stages ({', '.join(out['stages'])})")
-        print(f"  spec:   {spec_path}")
-        print(f"  lake:   {out['lake']}")
-        print(f"  readme: {spec_path.parent / 'README.md'}")
-        if not args.sample_rows:
-            print(f"next: put the extracts under {spec_path.parent / 'lake' / 'raw'} (see the README), then")
-        print(f"next: pgx run {spec_path}")
+        raw = spec_path.parent / "lake" / "raw"
+        lines = [f"spec:   {spec_path}", f"lake:   {out['lake']}", f"readme: {spec_path.parent / 'README.md'}"]
+        lines.append(f"stages: {', '.join(stages)}")
+        hints = [] if args.sample_rows else [f"put extracts under {raw}/pharmacy and {raw}/medical (see the README)"]
+        args.ui.panel(f"pgx project in {spec_path.parent}", lines, [*hints, f"pgx run {spec_path}"], ok=True)
 
     _emit(args, out, human)
     return ExitCode.OK
@@ -292,7 +305,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pgx_core.cli.project import run_demo  # noqa: PLC0415
 
-    return run_demo(args.dir, args.plugins, rows=args.rows, executor=args.executor, as_json=args.json)
+    return run_demo(args.dir, args.plugins, rows=args.rows, executor=args.executor, as_json=args.json, ui=args.ui)
 
 
 def cmd_shortcut(args: argparse.Namespace) -> int:
@@ -394,6 +407,7 @@ def _run_id(value: str) -> str:
     return value
 
 
+SPEC_HELP = "the run spec (YAML, kind PipelineRun)"
 CORE_COMMANDS = (
     "validate", "plan", "run", "status", "rollback", "backup", "plugins", "init", "demo", "render", "controller",
     "report",
@@ -431,39 +445,39 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
         return sp
 
     sp = add("validate", cmd_validate, "validate a run spec")
-    sp.add_argument("spec")
+    sp.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     sp.add_argument("--show", action="store_true", help="print the normalized spec")
 
     sp = add("plan", cmd_plan, "show which entities would run and which are skipped; writes nothing")
-    sp.add_argument("spec")
-    sp.add_argument("--stage", action="append", metavar="NAME")
-    sp.add_argument("--limit", type=int)
-    sp.add_argument("--no-resume", action="store_true")
+    sp.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    sp.add_argument("--stage", action="append", metavar="NAME", help="plan only this stage (repeatable)")
+    sp.add_argument("--limit", type=int, help="plan as a run with --limit N would")
+    sp.add_argument("--no-resume", action="store_true", help="plan as a run with --no-resume would (all run)")
 
     sp = add("run", cmd_run, "run the stages of a spec (resume is the default)")
-    sp.add_argument("spec")
+    sp.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     sp.add_argument("--stage", action="append", metavar="NAME", help="run only this stage (repeatable)")
     sp.add_argument("--limit", type=int, help="process at most N entities per stage")
     sp.add_argument("--no-resume", action="store_true", help="redo every entity")
     sp.add_argument("--executor", choices=["local", "ray"], help="override executor.type")
 
     sp = add("status", cmd_status, "per stage: entities completed / failed / pending / locked")
-    sp.add_argument("spec")
+    sp.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
 
     sp = add("rollback", cmd_rollback, "restore every object a run replaced, from its backups")
-    sp.add_argument("spec")
-    sp.add_argument("--run-id", required=True, type=_run_id)
+    sp.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    sp.add_argument("--run-id", required=True, type=_run_id, help="the run to undo (its summaries name it)")
 
     sp = add("backup", cmd_backup, "copy every object under SRC_PREFIX to BACKUP_ROOT/backup_<stamp>/")
-    sp.add_argument("src_prefix")
-    sp.add_argument("backup_root")
+    sp.add_argument("src_prefix", help="the prefix to copy (s3://BUCKET/PREFIX/ or file:///PATH/)")
+    sp.add_argument("backup_root", help="where backup_<stamp>/ is made")
     sp.add_argument("--endpoint-url", default=None, help="S3 endpoint (MinIO, moto; default: $AWS_ENDPOINT_URL)")
     sp.add_argument("--region", default=None, help="S3 region (default: $AWS_REGION, else us-east-1)")
 
     add("plugins", cmd_plugins, "installed plugins, versions and stage types")
 
     sp = add("render", cmd_render, "print the Kubernetes objects that run SPEC in a cluster")
-    sp.add_argument("spec")
+    sp.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     sp.add_argument(
         "--target",
         choices=["job", "rayjob"],
@@ -498,24 +512,24 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--image", help="image of the Jobs it creates (default: $PGX_IMAGE, else pgx:<version>)")
 
     sp = add("report", cmd_report, "HTML report of a run, built from its summaries only")
-    sp.add_argument("target", metavar="RUN_ID_OR_SPEC")
+    sp.add_argument("target", metavar="RUN_ID_OR_SPEC", help="a run id, or a spec (its latest run)")
     sp.add_argument("--lake", help="lake URI for a bare run id (default: PGX_LAKE)")
     sp.add_argument("--out", metavar="DIR", help="output directory (default ./pgx-report-<run_id>)")
 
     if plugins.makes_projects:
         sp = add("init", cmd_init, "a ready project: run spec, raw folders, example maps, README")
-        sp.add_argument("dir", metavar="DIR")
+        sp.add_argument("dir", metavar="DIR", help="the project folder (made if missing; must hold no pgx.yaml)")
         sp.add_argument(
             "--sample-rows", type=int, default=0, metavar="N",
             help="also write N rows of synthetic extracts into the raw folders, for a first run (default: none)",
         )  # fmt: skip
 
         sp = add("demo", cmd_demo, "sample data into a local lake and the whole pipeline on it")
-        sp.add_argument("--dir", default="./pgx-demo")
+        sp.add_argument("--dir", default="./pgx-demo", help="the demo's project folder (reused by a rerun)")
         sp.add_argument(
             "--rows", type=int, default=100_000, help="synthetic rows (default 100000: a couple of minutes)"
         )
-        sp.add_argument("--executor", choices=["local", "ray"], default=None)
+        sp.add_argument("--executor", choices=["local", "ray"], default=None, help="override executor.type (ray)")
 
     for command in plugins.commands(CORE_COMMANDS):
         sp = add(command.name, cmd_shortcut if command.shortcut else _plugin_command, command.help)
@@ -577,12 +591,17 @@ def _main(argv: Sequence[str] | None) -> int:
     except PgxError as exc:  # a plugin that breaks the command line for every command
         print(f"pgx: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    if argv is None:  # completing a shell's command line (`eval "$(register-python-argcomplete pgx)"`)
+        import argcomplete  # noqa: PLC0415
+
+        argcomplete.autocomplete(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors; pgx's usage code is 64
         code = exc.code if isinstance(exc.code, int) else ExitCode.USAGE
         return ExitCode.USAGE if code == 2 else code
-    log.setup(args.log_level)
+    args.ui = make_ui(args.json)
+    log.setup(args.log_level, args.ui.log_handler())
     try:
         try:
             code = int(args.func(args))

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pgx_core.cli.progress import Progress
+from pgx_core.cli.ui import Ui
 from pgx_core.errors import UsageError
 from pgx_core.exitcodes import ExitCode
 from pgx_core.extend import Project
@@ -92,8 +91,10 @@ def init_project(directory: str, plugins: Plugins, *, sample_rows: int) -> tuple
     return spec_path, doc
 
 
-def run_demo(directory: str, plugins: Plugins, *, rows: int, executor: str | None, as_json: bool) -> int:
-    """``pgx demo``: a project with ``rows`` synthetic rows, every stage run on it, and its report."""
+def run_demo(directory: str, plugins: Plugins, *, rows: int, executor: str | None, as_json: bool, ui: Ui) -> int:
+    """``pgx demo``: a project with ``rows`` synthetic rows, every stage run on it, and its report.
+
+    A rerun resumes: when nothing was left to do, the report of the run that did the work stays."""
     from pgx_core.run.runner import Runner  # noqa: PLC0415 - the runner (and Ray) only when running
 
     root = Path(directory).resolve()
@@ -101,28 +102,37 @@ def run_demo(directory: str, plugins: Plugins, *, rows: int, executor: str | Non
     spec_path = root / DEMO_SPEC_FILE
     spec_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     spec = load_spec(spec_path, plugins.registry)
-    progress = Progress(enabled=not as_json and sys.stderr.isatty())
-    runner = Runner(spec, plugins, stop=threading.Event(), on_progress=progress.update if progress.enabled else None)
+    runner = Runner(
+        spec,
+        plugins,
+        stop=threading.Event(),
+        on_progress=ui.update if ui.live else None,
+        on_starting=ui.starting,
+    )
     code = runner.execute()
-    progress.close()
+    ui.close()
     lake = doc["spec"]["lake"]
     report = _demo_report(lake, runner, code, spec_path)
-    if runner.summaries:
+    worked = any(t.totals["completed"] or t.totals["failed"] for t in runner.tallies)
+    page = root / "report" / "report.html"
+    if runner.summaries and (worked or not page.exists()):
         from pgx_core.cli.report import build_report  # noqa: PLC0415 - matplotlib is only needed here
 
         report["report"] = str(build_report(lake, runner.run_id, root / "report", plugins=plugins).html)
+    elif page.exists():
+        report["report"] = str(page)  # of the run that did the work: this one found nothing to do
     if as_json:
         print(json.dumps(report, indent=1))
-    else:
-        print(f"\npgx demo: exit {int(code)} ({ExitCode(code).name.lower()}), run {runner.run_id}")
-        print(f"  spec:  {spec_path}")
-        print(f"  lake:  {lake}")
-        for zone, n in report["objects"].items():
-            print(f"    {zone:<12} {n} objects")
-        for s in report["summaries"]:
-            print(f"  summary: {s}")
-        if "report" in report:
-            print(f"  report: {report['report']}")
+        return int(code)
+    lines = [f"spec:  {spec_path}", f"lake:  {lake}"]
+    lines += [f"  {zone:<12} {n} objects" for zone, n in report["objects"].items()]
+    lines += [f"summary: {s}" for s in report["summaries"]]
+    if "report" in report:
+        lines.append(f"report: {report['report']}" + ("" if worked else " (unchanged: nothing was left to do)"))
+    hints = [f"open {report['report']}"] if "report" in report else []
+    hints.append(f"pgx status {spec_path}")
+    title = f"pgx demo: exit {int(code)} ({ExitCode(code).name.lower()}), run {runner.run_id}"
+    ui.panel(title, lines, hints, ok=code == ExitCode.OK)
     return int(code)
 
 

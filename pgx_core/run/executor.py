@@ -8,9 +8,11 @@ the worker checks it before promotion, so after SIGTERM no new promotion starts.
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -83,6 +85,49 @@ class LocalExecutor(Executor):
                 result = on_error(item, exc)
             self.placements[self.name] += 1
             yield i, result
+
+
+class OnDemandExecutor(Executor):
+    """The executor ``make()`` returns, made when the first items arrive: a run with nothing to do
+    never starts Ray. ``starting(what)`` wraps the start (a spinner on a terminal)."""
+
+    def __init__(
+        self,
+        name: str,
+        make: Callable[[], Executor],
+        starting: Callable[[str], AbstractContextManager[object]] | None = None,
+    ) -> None:
+        self.name = name
+        self._make, self._starting = make, starting
+        self._executor: Executor | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._executor is not None
+
+    @property
+    def placements(self) -> Counter[str]:  # type: ignore[override] # the made executor's, read-only
+        return self._executor.placements if self._executor is not None else Counter()
+
+    def map_unordered(
+        self,
+        fn: Callable[..., R],
+        items: list[T],
+        *,
+        memory_mb: int | None = None,
+        with_stop: bool = False,
+        on_error: OnError[T, R] | None = None,
+    ) -> Iterator[tuple[int, R]]:
+        if not items:
+            return iter(())
+        if self._executor is None:
+            with self._starting(f"starting {self.name}") if self._starting else contextlib.nullcontext():
+                self._executor = self._make()
+        return self._executor.map_unordered(fn, items, memory_mb=memory_mb, with_stop=with_stop, on_error=on_error)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
 
 
 def make_executor(kind: str, stop: threading.Event, **options: Any) -> Executor:

@@ -12,6 +12,7 @@ import functools
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from pgx_core.lake.storage import ObjectStore, arrow_error
 from pgx_core.log import bind, get_logger, safe_traceback
 from pgx_core.pluginmanager import Plugins
 from pgx_core.run import summary
-from pgx_core.run.executor import Executor, make_executor
+from pgx_core.run.executor import Executor, OnDemandExecutor, make_executor
 from pgx_core.run.reclaim import reclaim_orphans
 from pgx_core.run.resources import measured
 from pgx_core.run.resume import decide
@@ -104,6 +105,7 @@ class Runner:
         stop: threading.Event | None = None,
         run_id: str | None = None,
         on_progress: Callable[[str, EntityOutcome | None, int, int], None] | None = None,
+        on_starting: Callable[[str], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.spec = spec
         self.plugins = plugins
@@ -120,6 +122,7 @@ class Runner:
             self.run = RunInfo(**{**self.run.__dict__, "limit": lim})
         self.stores = StoreCache(self.run.store_config)
         self.on_progress = on_progress
+        self.on_starting = on_starting  # wraps the executor's start (made when work first arrives)
         self.summaries: list[str] = []
         self.error: str | None = None  # what ended the run, when something did (PHI-free)
         self._current: ResolvedStage | None = None
@@ -141,7 +144,7 @@ class Runner:
     def state_store(self) -> ObjectStore:
         return self.stores(self.run.state_root)
 
-    def _stage(self, rs: ResolvedStage) -> Stage[Any]:
+    def stage(self, rs: ResolvedStage) -> Stage[Any]:
         return rs.stage_cls(rs.params, self.run, self.stores)
 
     def task_modules(self) -> tuple[str, ...]:
@@ -169,7 +172,7 @@ class Runner:
 
     # --- planning -------------------------------------------------------------------------------
     def plan_stage(self, rs: ResolvedStage) -> StagePlan:
-        stage = self._stage(rs)
+        stage = self.stage(rs)
         entities = stage.plan()
         _check_unique(rs.name, [self.state_entity(e) for e in entities])
         config_fp = stage.config_fingerprint()
@@ -203,7 +206,10 @@ class Runner:
                     lease_ttl=float(self.spec.spec.lease_ttl_seconds),
                 )
                 self.plugins.before_run(self.run, self.spec)
-                executor = make_executor(self.executor_kind, self.stop, run=self.run, warm_modules=self.task_modules())
+                kind, warm = self.executor_kind, self.task_modules()
+                executor = OnDemandExecutor(
+                    kind, lambda: make_executor(kind, self.stop, run=self.run, warm_modules=warm), self.on_starting
+                )
                 self._run_stages(executor, codes)
             except Exception as exc:
                 codes.append(self._run_failed(exc))
@@ -283,7 +289,7 @@ class Runner:
             tally.add_skipped(d.state_entity, rs.name)
         tracker = GlobalTracker(self.state_store, self.run.state_root, rs.stage_cls.script_name)
         tracker.set_status({d.state_entity: "completed" for d in plan.skipped})
-        stage = self._stage(rs)
+        stage = self.stage(rs)
         config_fp = stage.config_fingerprint()
         chosen = self._prepare(plan, stage, functools.partial(self._fan_out, executor))
         if plan.limit is not None:
@@ -306,6 +312,8 @@ class Runner:
             for d in chosen.run
         ]
         done = 0
+        if self.on_progress and tasks:  # the stage's bar from its start, at 0 of N
+            self.on_progress(rs.name, None, 0, len(tasks))
         for outcome in self._execute_tasks(executor, tasks):
             done += 1
             tally.add(outcome, rs.name)

@@ -22,9 +22,9 @@ MAPS = {"targetMap": "target_icd_mapping.json", "drugMap": "drug_map.json"}
 
 
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("outdir")
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("outdir", help="writes OUTDIR/pharmacy/*.txt and OUTDIR/medical/*.txt")
+    parser.add_argument("--rows", type=int, default=20_000, help="claim lines over both types")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
     parser.add_argument(
         "--defects", action="store_true", help="plant every reject and quarantine reason at known lines"
     )

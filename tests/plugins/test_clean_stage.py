@@ -518,7 +518,7 @@ def test_conservation_gate_is_the_spec_6_4_identity(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, tmp_path, [MEDICAL])
     plugins = make_plugin_manager()
     runner = Runner(load_spec(spec, plugins.registry), plugins)
-    stage = runner._stage(runner.stages[0])
+    stage = runner.stage(runner.stages[0])
     ent = Entity("medical__age_band=65-74__event_year=2019", "x")
     stage.check(ent, EntityResult(rows_in=10, rows_out=7, stats={"duplicates_removed": 3}))
     for bad in (
