@@ -204,22 +204,6 @@ class Cell:
     status: str
 
 
-def parse_partition(entity_id: str) -> tuple[str, str, int] | None:
-    """``<lakekey>__<dataset>__age_band=<band>__event_year=<year>`` → ``(dataset, band, year)``.
-
-    Anything else (quarantine entities, other id schemes) → None. Parsed from the right, because
-    an S3 lake key may itself contain ``__``.
-    """
-    parts = entity_id.split("__")
-    if len(parts) < 3 or not parts[-2].startswith("age_band=") or not parts[-1].startswith("event_year="):
-        return None
-    year = parts[-1].removeprefix("event_year=")
-    band = parts[-2].removeprefix("age_band=")
-    if not year.isdigit() or not band or not parts[-3]:
-        return None
-    return parts[-3], band, int(year)
-
-
 def partitions(summaries: list[dict[str, Any]]) -> dict[str, tuple[str, dict[tuple[str, int], Cell]]]:
     """``{dataset: (script name, {(band, year): Cell})}``: each dataset's partitions as the last
     stage of the run that wrote them left them (gold from clean over silver from impute)."""
@@ -227,7 +211,7 @@ def partitions(summaries: list[dict[str, Any]]) -> dict[str, tuple[str, dict[tup
     for doc in summaries:  # run order: a later stage's partitions replace an earlier one's
         found: dict[str, dict[tuple[str, int], Cell]] = {}
         for ent in doc.get("entities") or []:
-            parsed = parse_partition(str(mapping(ent).get("entity", "")))
+            parsed = paths.entity_partition(str(mapping(ent).get("entity", "")))
             if parsed is None:
                 continue
             dataset, band, year = parsed

@@ -19,7 +19,7 @@ def stage_status(runner: Runner) -> list[dict[str, Any]]:
     Stages of one type share their state (``ingest`` of pharmacy and of medical): each such stage
     counts the entities it plans now, and the first of them also those it no longer plans."""
     rows: list[dict[str, Any]] = []
-    lake_key = paths.lake_key(runner.run.lake) + "__"
+    lake_key = paths.state_entity_prefix(runner.run.lake)
     store = runner.state_store
     by_pipeline: dict[str, list[Any]] = {}
     for rs in runner.stages:

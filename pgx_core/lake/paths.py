@@ -50,11 +50,6 @@ def zone_root(zone: str, lake: str | None = None) -> str:
     return f"{_root(lake)}/{zone}/"
 
 
-def partition_dir(age_band: str, event_year: int | str) -> str:
-    """Hive partition directories; the band keeps its hyphen (``age_band=65-74/event_year=2019``)."""
-    return f"age_band={age_band}/event_year={event_year}"
-
-
 _PARTITION_KEY = re.compile(r"age_band=(?P<band>[^/=]+)/event_year=(?P<year>\d{4})/(?P<name>[^/]+)")
 
 
@@ -241,6 +236,36 @@ def lake_key(lake: str) -> str:
 def safe_id(*parts: str) -> str:
     """Join entity id parts with ``__``, mapping characters unsafe in object keys to ``_``."""
     return "__".join(re.sub(r"[^A-Za-z0-9=._~-]+", "_", p) for p in parts)
+
+
+def partition_entity(dataset: str, age_band: str, event_year: int | str) -> str:
+    """A stage's entity for one partition: ``<dataset>__age_band=<band>__event_year=<year>``."""
+    return safe_id(dataset, f"age_band={age_band}", f"event_year={event_year}")
+
+
+def entity_partition(entity_id: str) -> tuple[str, str, int] | None:
+    """``(dataset, band, year)`` of a partition entity (:func:`partition_entity`, with or without
+    the lake key of :func:`state_entity` before it); anything else → None. Parsed from the right,
+    because a lake key may itself contain ``__``."""
+    parts = entity_id.split("__")
+    if len(parts) < 3 or not parts[-2].startswith("age_band=") or not parts[-1].startswith("event_year="):
+        return None
+    year = parts[-1].removeprefix("event_year=")
+    band = parts[-2].removeprefix("age_band=")
+    if not year.isdigit() or not band or not parts[-3]:
+        return None
+    return parts[-3], band, int(year)
+
+
+def state_entity(lake: str, entity_id: str) -> str:
+    """The name an entity's state has: its id behind the lake's key, so that lakes sharing a
+    state root never share an entity (``pgxdatalake__medical__age_band=65-74__event_year=2019``)."""
+    return safe_id(lake_key(lake), entity_id)
+
+
+def state_entity_prefix(lake: str) -> str:
+    """What every :func:`state_entity` of ``lake`` starts with."""
+    return lake_key(lake) + "__"
 
 
 _PLAIN_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")

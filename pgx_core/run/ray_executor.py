@@ -66,7 +66,10 @@ class RayStopFlag:
     def is_set(self) -> bool:
         try:
             return bool(ray.get(self.actor.is_set.remote(), timeout=10))
-        except Exception:  # the driver is gone: stop
+        except (ray.exceptions.RayError, TimeoutError, ConnectionError) as exc:  # the driver is gone: stop
+            log.warning(
+                "stop flag unreachable, stopping", extra={"event": "stop_flag_lost", "error": type(exc).__name__}
+            )
             return True
 
 
@@ -169,8 +172,19 @@ def _connect_client(address: str) -> None:
                 "ray client connection failed, trying again",
                 extra={"event": "ray_join_retry", "attempt": attempt, "error": type(exc).__name__},
             )
-            with contextlib.suppress(Exception):
-                ray.shutdown()
+            _shutdown_after_failed_connect()
+
+
+def _shutdown_after_failed_connect() -> None:
+    """Drop what the failed attempt left before the next one; a failure to do so is logged (the
+    next ``ray.init`` reports anything that still stands in its way)."""
+    try:
+        ray.shutdown()
+    except Exception as exc:
+        log.warning(
+            "ray shutdown after a failed connect failed",
+            extra={"event": "ray_shutdown_failed", "error": f"{type(exc).__name__}: {scrub(str(exc))}"},
+        )
 
 
 def check_versions(address: str) -> None:

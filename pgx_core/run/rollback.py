@@ -41,7 +41,7 @@ def rollback_run(spec: RunSpec, run_id: str, lake_store: ObjectStore, state_stor
         restored[final] = (sha256_of(lake_store, final), info.etag)
 
     updated = 0
-    lake_key = paths.lake_key(s.lake) + "__"
+    lake_key = paths.state_entity_prefix(s.lake)
     for pipeline in sorted({st.stage_cls.script_name for st in spec.stages}):
         states = StateStore(state_store, s.state_root, pipeline)
         for entity in states.list_entities():

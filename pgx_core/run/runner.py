@@ -152,7 +152,7 @@ class Runner:
         return tuple(sorted({run_entity_task.__module__, *(rs.stage_cls.__module__ for rs in self.stages)}))
 
     def state_entity(self, entity: Entity) -> str:
-        return paths.safe_id(paths.lake_key(self.run.lake), entity.id)
+        return paths.state_entity(self.run.lake, entity.id)
 
     def check_store(self) -> None:
         """Refuse stores that do not enforce conditional writes unless allowed."""

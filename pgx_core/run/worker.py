@@ -8,7 +8,6 @@ aggregates the :class:`EntityOutcome` values returned here.
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -272,7 +271,7 @@ def _record_rewrite(store: ObjectStore, run: RunInfo, rewrites: tuple[str, str],
     """Tell the stage that produced an object we rewrote in place what its bytes are now."""
     pipeline, entity_id = rewrites
     states = StateStore(store, run.state_root, pipeline)
-    entity = paths.safe_id(paths.lake_key(run.lake), entity_id)
+    entity = paths.state_entity(run.lake, entity_id)
 
     def fn(s: PipelineState) -> PipelineState | None:
         hit = False
@@ -318,9 +317,15 @@ def _mark(states: StateStore, task: EntityTask, status: str, error: str) -> None
 
 
 def _safe(fn: Callable[[], Any]) -> None:
-    """Best-effort cleanup: a failure here must not hide the outcome already decided."""
-    with contextlib.suppress(Exception):
+    """Best-effort cleanup: a failure here must not hide the outcome already decided, so it is
+    logged (a later run repairs what it left: reclaim, resume) and the outcome stands."""
+    try:
         fn()
+    except Exception as exc:
+        log.warning(
+            "cleanup failed",
+            extra={"event": "cleanup_failed", "error": f"{type(exc).__name__}: {scrub(str(exc))}"},
+        )
 
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:

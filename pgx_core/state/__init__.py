@@ -19,11 +19,13 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from pgx_core import clock
-from pgx_core.errors import FencedError, PreconditionFailed, StorageError
+from pgx_core.errors import FencedError, PreconditionFailed, StorageError, scrub
 from pgx_core.lake import paths
 from pgx_core.lake.storage import ObjectStore
+from pgx_core.log import get_logger
 
 Status = Literal["pending", "running", "completed", "failed", "quarantined"]
+log = get_logger(__name__)
 _CAS_ATTEMPTS = 200
 
 
@@ -156,7 +158,7 @@ def produced_checksum(
     Lets a stage that rewrites another stage's output in place fingerprint its input by what that
     stage produced, which its own rewrite does not change.
     """
-    got = store.read_versioned(paths.state_object(state_root, pipeline, paths.safe_id(paths.lake_key(lake), entity_id)))
+    got = store.read_versioned(paths.state_object(state_root, pipeline, paths.state_entity(lake, entity_id)))
     if got is None:
         return None
     st = PipelineState.model_validate_json(got[0])
@@ -312,8 +314,11 @@ class LeaseKeeper:
                 self.renew()
             except FencedError:
                 return
-            except Exception:  # noqa: S112 - a transient renew failure is retried next tick
-                continue
+            except Exception as exc:  # retried next tick; the fence before a promotion renews again
+                log.warning(
+                    "lease renewal failed, retrying",
+                    extra={"event": "lease_renew_failed", "error": f"{type(exc).__name__}: {scrub(str(exc))}"},
+                )
 
     def renew(self) -> None:
         """Renew now (the fence before promotions and commits)."""

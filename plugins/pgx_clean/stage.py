@@ -430,7 +430,7 @@ class _CleanStage(Stage[CP], Generic[CP]):
                 info = objects.get((band, year))
                 if info is None:
                     continue  # no silver for this cell: nothing to clean, any old gold is left alone
-                entity_id = paths.safe_id(ds, f"age_band={band}", f"event_year={year}")
+                entity_id = paths.partition_entity(ds, band, year)
                 # Fingerprint silver by what impute produced (survives byte-identical rewrites);
                 # the size guards against an object replaced behind impute's back.
                 produced = produced_checksum(

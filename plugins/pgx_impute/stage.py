@@ -224,7 +224,7 @@ def impute_buckets(item: BucketItem) -> dict[str, Any]:
                 body, runs = rules.silver_partition_runs(res.silver[dt])
                 groups = [(_partition_key(dt, band, year), offset, n) for band, year, offset, n in runs]
                 pieces.put(dt, body, groups, SILVER_SORT)
-                quarantine, output = res.quarantine[dt], f"{dt}__{QUARANTINE}"
+                quarantine, output = res.quarantine[dt], _quarantine_key(dt)
                 pieces.put(output, quarantine, [(output, 0, quarantine.num_rows)], SILVER_SORT)
             totals.add(
                 {"rows_in": res.rows_in, "silver": {dt: res.rows_out(dt) for dt in DATA_TYPES},
@@ -233,7 +233,7 @@ def impute_buckets(item: BucketItem) -> dict[str, Any]:
             )  # fmt: skip
             for year in item.years:
                 profiles = res.profiles.filter(pc.equal(res.profiles["event_year"], year)).drop_columns(["event_year"])
-                key = f"{DEMOGRAPHICS}__event_year={year}"
+                key = _demographics_key(year)
                 pieces.put(DEMOGRAPHICS, profiles, [(key, 0, profiles.num_rows)], PROFILE_SORT)
             del res
         pieces.flush()
@@ -504,7 +504,15 @@ def bucket_group_size(n_buckets: int, arrow_bytes: int) -> int:
 
 
 def _partition_key(data_type: str, band: str, year: int) -> str:
-    return paths.safe_id(data_type, f"age_band={band}", f"event_year={year}")
+    return paths.partition_entity(data_type, band, year)
+
+
+def _quarantine_key(data_type: str) -> str:
+    return paths.safe_id(data_type, QUARANTINE)
+
+
+def _demographics_key(year: int) -> str:
+    return paths.safe_id(DEMOGRAPHICS, f"event_year={year}")
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -567,13 +575,13 @@ class ImputeStage(Stage[ImputeParams]):
         for year in self.run.years:
             entities.append(
                 Entity(
-                    id=f"{DEMOGRAPHICS}__event_year={year}",
+                    id=_demographics_key(year),
                     input_fingerprint=fp,
                     payload={"kind": DEMOGRAPHICS, "year": year},
                 )
             )
         entities.extend(
-            Entity(id=f"{dt}__{QUARANTINE}", input_fingerprint=fp, payload={"kind": QUARANTINE, "data_type": dt})
+            Entity(id=_quarantine_key(dt), input_fingerprint=fp, payload={"kind": QUARANTINE, "data_type": dt})
             for dt in DATA_TYPES
         )
         return entities

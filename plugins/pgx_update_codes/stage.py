@@ -93,7 +93,7 @@ _COPY_CHUNK = 8 * MB
 
 def entity_id(dataset: str, age_band: str, event_year: int) -> str:
     """The clean entity id of a gold partition, which is also ours."""
-    return paths.safe_id(dataset, f"age_band={age_band}", f"event_year={event_year}")
+    return paths.partition_entity(dataset, age_band, event_year)
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ class UpdateCodesStage(Stage[UpdateCodesParams]):
                     if info is None:
                         continue  # no gold partition: nothing to normalize
                     eid = entity_id(dataset, band, year)
-                    state_id = paths.safe_id(paths.lake_key(run.lake), eid)
+                    state_id = paths.state_entity(run.lake, eid)
                     clean_state = cleans.read(state_id)
                     clean = next((o for o in clean_state.outputs if o.uri == uri), None) if clean_state else None
                     lineage = classify(

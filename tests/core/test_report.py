@@ -320,7 +320,7 @@ def test_stage_walls_and_partition_ids() -> None:
     assert report.stage_walls(docs) == ([("a", 2.0), ("b", 3.5)], True)
     docs[1]["start_time"] = "2026-11-26T10:15:02.000Z"  # per-stage start times: duration_sec is per stage
     assert report.stage_walls(docs) == ([("a", 2.0), ("b", 5.5)], False)
-    assert report.parse_partition("pgx_lake__v2__medical__age_band=95-114__event_year=2016") == (
+    assert paths.entity_partition("pgx_lake__v2__medical__age_band=95-114__event_year=2016") == (
         "medical",
         "95-114",
         2016,
@@ -331,7 +331,7 @@ def test_stage_walls_and_partition_ids() -> None:
         "local__m__age_band=__event_year=2019",
         "local__m__age_band=0-12__event_year=20x9",
     ):
-        assert report.parse_partition(bad) is None
+        assert paths.entity_partition(bad) is None
 
 
 def test_resolve_run_picks_the_latest_run_of_that_spec(local_lake: str, tmp_path: Path) -> None:

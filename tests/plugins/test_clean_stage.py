@@ -333,7 +333,7 @@ def _fake_impute_state(lake: Path, dataset: str, band: str, year: int) -> None:
     """What impute records for a silver partition it produced (its state, pipeline global_imputation)."""
     uri = paths.silver_object(lake.as_uri(), dataset, band, year)
     entity = paths.safe_id(dataset, f"age_band={band}", f"event_year={year}")
-    state_entity = paths.safe_id(paths.lake_key(lake.as_uri()), entity)
+    state_entity = paths.state_entity(lake.as_uri(), entity)
     store = LocalStore()
     st = PipelineState(
         pipeline_name="global_imputation",
