@@ -135,3 +135,18 @@ def pgx_run_paused(spec: Path, point: str, folder: Path) -> subprocess.Popen[str
         proc.kill()
         raise
     return proc
+
+
+def line_count_project(tmp_path: Path, raw: dict[str, bytes], stage: str = "{use: line-count}") -> tuple[Path, Path]:
+    """A lake whose ``raw/`` holds ``raw`` (relative path → bytes) and a spec running the example
+    plugin's ``line-count`` stage on it with the local executor: ``(lake dir, spec path)``."""
+    lake = tmp_path / "lake"
+    for rel, data in raw.items():
+        (lake / "raw" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lake / "raw" / rel).write_bytes(data)
+    spec = tmp_path / "lc.yaml"
+    spec.write_text(
+        "apiVersion: pgx.io/v1alpha1\nkind: PipelineRun\nmetadata: {name: lc}\n"
+        f"spec:\n  lake: {lake.as_uri()}\n  executor: {{type: local}}\n  stages:\n    - {stage}\n"
+    )
+    return lake, spec

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import pgx
+from tests.conftest import line_count_project, pgx
 
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
@@ -99,14 +99,7 @@ def test_help_lists_no_command_of_a_disabled_plugin(monkeypatch: pytest.MonkeyPa
 def test_plugins_and_a_third_party_stage_work_with_every_built_in_plugin_disabled(tmp_path: Path) -> None:
     listed = json.loads(pgx("--json", "plugins", env=ALONE, check=True).stdout)["plugins"]
     assert [p["name"] for p in listed] == ["linecount"] and listed[0]["stages"] == ["line-count"]
-    lake = tmp_path / "lake"
-    (lake / "raw" / "medical").mkdir(parents=True)
-    (lake / "raw" / "medical" / "q1.txt").write_bytes(b"h\nx\ny\n")
-    spec = tmp_path / "lc.yaml"
-    spec.write_text(
-        "apiVersion: pgx.io/v1alpha1\nkind: PipelineRun\nmetadata: {name: alone}\n"
-        f"spec:\n  lake: {lake.as_uri()}\n  executor: {{type: local}}\n  stages:\n    - use: line-count\n"
-    )
+    _, spec = line_count_project(tmp_path, {"medical/q1.txt": b"h\nx\ny\n"})
     assert pgx("validate", str(spec), env=ALONE).returncode == 0
     run = pgx("run", str(spec), "--json", env=ALONE)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -22,7 +22,7 @@ from pgx_core import hookspecs
 from pgx_core.cli import build_parser, docgen
 from pgx_core.exitcodes import ExitCode
 from pgx_core.spec.runspec import PipelineRun
-from tests.conftest import REPO, pgx
+from tests.conftest import REPO, line_count_project, pgx
 
 DOCS = REPO / "docs"
 EXAMPLE = REPO / "examples" / "pgx-example-linecount"
@@ -335,14 +335,8 @@ def test_plugin_built_from_the_doc_runs_and_passes_its_tests(tmp_path: Path) -> 
     # Step 5 of the doc: `pgx plugins`, then `pgx run` on a spec using the stage.
     listed = json.loads(pgx("plugins", "--json", env=env, check=True).stdout)["plugins"]
     assert any(p["name"] == "linecount" and p["stages"] == ["line-count"] for p in listed)
-    lake = tmp_path / "lake"
-    (lake / "raw" / "pharmacy").mkdir(parents=True)
-    (lake / "raw" / "pharmacy" / "a.txt").write_bytes(b"h1|h2\nx|y\n")
-    spec = tmp_path / "lc.yaml"
-    spec.write_text(
-        "apiVersion: pgx.io/v1alpha1\nkind: PipelineRun\nmetadata: {name: lc}\n"
-        f"spec:\n  lake: {lake.as_uri()}\n  executor: {{type: local}}\n"
-        "  stages:\n    - use: line-count\n      with: {chunkBytes: 1048576}\n"
+    lake, spec = line_count_project(
+        tmp_path, {"pharmacy/a.txt": b"h1|h2\nx|y\n"}, "{use: line-count, with: {chunkBytes: 1048576}}"
     )
     run_id = json.loads(pgx("run", str(spec), "--json", env=env, check=True).stdout)["run_id"]
     summary = json.loads((lake / "pgx_pipeline" / "line_count" / f"run_id={run_id}" / "summary.json").read_text())

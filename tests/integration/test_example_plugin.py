@@ -8,22 +8,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import pgx
+from tests.conftest import line_count_project, pgx
 
 pytestmark = pytest.mark.integration
 
 
 def test_example_plugin_runs_through_pgx_run(tmp_path: Path) -> None:
-    lake = tmp_path / "lake"
-    raw = lake / "raw" / "pharmacy"
-    raw.mkdir(parents=True)
-    (raw / "a.txt").write_bytes(b"h1|h2\r\nx|y\r\nz|w")  # 3 lines, the last without a line ending
-    (raw / "b.csv").write_bytes(b"h\n" + b"v\n" * 999)
-    (raw / "ignored.json").write_bytes(b"{}")
-    spec = tmp_path / "lc.yaml"
-    spec.write_text(
-        "apiVersion: pgx.io/v1alpha1\nkind: PipelineRun\nmetadata: {name: lc}\n"
-        f"spec:\n  lake: {lake.as_uri()}\n  executor: {{type: local}}\n  stages:\n    - use: line-count\n"
+    lake, spec = line_count_project(
+        tmp_path,
+        {
+            "pharmacy/a.txt": b"h1|h2\r\nx|y\r\nz|w",  # 3 lines, the last without a line ending
+            "pharmacy/b.csv": b"h\n" + b"v\n" * 999,
+            "pharmacy/ignored.json": b"{}",
+        },
     )
     proc = pgx("run", str(spec), "--json", check=True)
     run_id = json.loads(proc.stdout)["run_id"]
