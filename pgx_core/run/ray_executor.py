@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import ray
 
@@ -363,16 +363,9 @@ class RayExecutor(Executor):
                 in_flight[remote.remote(fn_ref, items[next_i], stop_flag)] = next_i
                 next_i += 1
             if self.stop.is_set():
-                if stop_seen_at is None:
-                    stop_seen_at = time.monotonic()
-                    if self._stop_actor is not None:
-                        self._stop_actor.set.remote()
+                stop_seen_at = self._stopping(in_flight, stop_seen_at)
                 if not in_flight:
                     return
-                if time.monotonic() - stop_seen_at > STOP_GRACE_SEC:
-                    for ref in in_flight:
-                        ray.cancel(ref)
-                    raise InterruptedRun(f"{len(in_flight)} work items cancelled after SIGTERM")
             if not in_flight:
                 continue
             try:
@@ -383,17 +376,33 @@ class RayExecutor(Executor):
                 self._health.check()  # nothing finished: is there still a cluster to finish it?
             for ref in ready:
                 i = in_flight.pop(ref)
-                try:
-                    node, result = ray.get(ref)
-                    self.placements[node] += 1
-                except ConnectionError as exc:
-                    raise self._lost(exc) from exc
-                except Exception as exc:
-                    error = _item_error(exc)
-                    if on_error is None:
-                        raise error from None
-                    result = on_error(items[i], error)
-                yield i, result
+                yield i, self._result(ref, items[i], on_error)
+
+    def _stopping(self, in_flight: dict[Any, int], stop_seen_at: float | None) -> float:
+        """After SIGTERM: tell the workers once; cancel what still runs after the grace period."""
+        if stop_seen_at is None:
+            stop_seen_at = time.monotonic()
+            if self._stop_actor is not None:
+                self._stop_actor.set.remote()
+        if in_flight and time.monotonic() - stop_seen_at > STOP_GRACE_SEC:
+            for ref in in_flight:
+                ray.cancel(ref)
+            raise InterruptedRun(f"{len(in_flight)} work items cancelled after SIGTERM")
+        return stop_seen_at
+
+    def _result(self, ref: Any, item: T, on_error: OnError[T, R] | None) -> R:
+        """A finished item's result, or ``on_error``'s for its failure (else the failure raised)."""
+        try:
+            node, result = ray.get(ref)
+        except ConnectionError as exc:
+            raise self._lost(exc) from exc
+        except Exception as exc:
+            error = _item_error(exc)
+            if on_error is None:
+                raise error from None
+            return on_error(item, error)
+        self.placements[node] += 1
+        return cast(R, result)
 
     def _lost(self, exc: ConnectionError) -> ClusterUnavailable:
         self._health.lost = True

@@ -296,21 +296,40 @@ class Runner:
             tally.limit = plan.limit
             tally.without_input = len(plan.needing_work) - len(chosen.with_input)
             tally.deferred = len(chosen.with_input) - len(chosen.run)
-        tasks = [
-            EntityTask(
-                self.run,
-                rs.name,
-                rs.stage_cls,
-                rs.params,
-                d.entity,
-                d.state_entity,
-                d.entity.input_fingerprint,
-                _config_fp(config_fp, d.entity),
-                float(self.spec.spec.lease_ttl_seconds),
-                d.state_etag,
-            )
-            for d in chosen.run
-        ]
+        tasks = [self._task(rs, d, config_fp) for d in chosen.run]
+        unstarted = len(tasks) - self._run_tasks(rs, executor, tasks, tally, tracker)
+        codes = list(tally.codes)
+        if unstarted and self.stop.is_set():
+            codes.append(ExitCode.TRANSIENT)
+        tally.exit_code = worst(codes)
+        tally.placements = executor.placements - placed_before
+        self._write_summary(rs)
+        self.plugins.after_stage(self.run, rs.name, {"totals": dict(tally.totals), "stats": summary.nest(tally.stats)})
+        return tally.exit_code
+
+    def _task(self, rs: ResolvedStage, d: Decision, config_fp: str) -> EntityTask:
+        return EntityTask(
+            self.run,
+            rs.name,
+            rs.stage_cls,
+            rs.params,
+            d.entity,
+            d.state_entity,
+            d.entity.input_fingerprint,
+            _config_fp(config_fp, d.entity),
+            float(self.spec.spec.lease_ttl_seconds),
+            d.state_etag,
+        )
+
+    def _run_tasks(
+        self,
+        rs: ResolvedStage,
+        executor: Executor,
+        tasks: list[EntityTask],
+        tally: summary.StageTally,
+        tracker: GlobalTracker,
+    ) -> int:
+        """Run a stage's entity tasks, recording each outcome as it arrives; returns how many ran."""
         done = 0
         if self.on_progress and tasks:  # the stage's bar from its start, at 0 of N
             self.on_progress(rs.name, None, 0, len(tasks))
@@ -321,15 +340,7 @@ class Runner:
             self._after_entity(rs, outcome)
             if self.on_progress:
                 self.on_progress(rs.name, outcome, done, len(tasks))
-        unstarted = len(tasks) - done
-        codes = list(tally.codes)
-        if unstarted and self.stop.is_set():
-            codes.append(ExitCode.TRANSIENT)
-        tally.exit_code = worst(codes)
-        tally.placements = executor.placements - placed_before
-        self._write_summary(rs)
-        self.plugins.after_stage(self.run, rs.name, {"totals": dict(tally.totals), "stats": summary.nest(tally.stats)})
-        return tally.exit_code
+        return done
 
     def _prepare(self, plan: StagePlan, stage: Stage[Any], fan_out: Callable[..., Iterator[Any]]) -> _Chosen:
         """Prepare the stage for the entities that run now, and return them.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgx_core import clock
-from pgx_core.exitcodes import ExitCode
+from pgx_core.exitcodes import ExitCode, worst
 from pgx_core.lake import paths
 from pgx_core.lake.storage import ObjectStore
 from pgx_core.run.worker import EntityOutcome
@@ -121,6 +121,21 @@ def status_of(code: ExitCode, totals: dict[str, int], error: str | None) -> str:
     return "partial"
 
 
+def _stage_doc(t: StageTally) -> dict[str, Any]:
+    """One stage's part of its script's summary (``stages[]``)."""
+    limited = {"limit": t.limit, "deferred": t.deferred, "without_input": t.without_input}
+    return {
+        "name": t.name,
+        "type": t.type_name,
+        "status_code": int(t.exit_code),
+        "totals": t.totals,
+        "stats": nest(t.stats),
+        "peak_item_rss_mb": t.peak_item_rss_mb,
+        "work_items_by_node": dict(sorted(t.placements.items())),
+        **(limited if t.limit is not None else {}),
+    }
+
+
 def build(
     *,
     tx: str,
@@ -134,24 +149,11 @@ def build(
     """Merge the tallies of every stage sharing ``script_name`` into one summary document."""
     totals = dict.fromkeys(tallies[0].totals, 0)
     stats: dict[str, int] = {}
-    entities: list[dict[str, Any]] = []
-    backups: set[str] = set()
-    removed: set[str] = set()
-    codes = []
-    errors = []
     for t in tallies:
         add_counts(totals, t.totals)
         add_counts(stats, t.stats)
-        entities.extend(t.entities)
-        backups |= t.backups
-        removed |= t.removed
-        codes.append(t.exit_code)
-        if t.error:
-            errors.append(t.error)
-    from pgx_core.exitcodes import worst  # noqa: PLC0415
-
-    code = worst(codes)
-    error = "; ".join(errors) if errors else None
+    code = worst([t.exit_code for t in tallies])
+    error = "; ".join(t.error for t in tallies if t.error) or None
     return {
         "schema_version": SCHEMA_VERSION,
         "tx": tx,
@@ -165,24 +167,8 @@ def build(
         "status_code": int(code),
         "totals": totals,
         "stats": nest(stats),
-        "entities": entities,
-        "stages": [
-            {
-                "name": t.name,
-                "type": t.type_name,
-                "status_code": int(t.exit_code),
-                "totals": t.totals,
-                "stats": nest(t.stats),
-                "peak_item_rss_mb": t.peak_item_rss_mb,
-                "work_items_by_node": dict(sorted(t.placements.items())),
-                **(
-                    {"limit": t.limit, "deferred": t.deferred, "without_input": t.without_input}
-                    if t.limit is not None
-                    else {}
-                ),
-            }
-            for t in tallies
-        ],
+        "entities": [e for t in tallies for e in t.entities],
+        "stages": [_stage_doc(t) for t in tallies],
         # Evidence that memory does not grow with the data: the largest RSS any process reached running an item.
         "resources": {
             "peak_item_rss_mb": max(t.peak_item_rss_mb for t in tallies),
@@ -191,9 +177,9 @@ def build(
         },
         "plugin": plugin,
         "spec_fingerprint": spec_fingerprint,
-        "backups": sorted(backups),
+        "backups": sorted(set().union(*(t.backups for t in tallies))),
         # Outputs this run deleted because their input no longer yields them (backed up first).
-        "removed": sorted(removed),
+        "removed": sorted(set().union(*(t.removed for t in tallies))),
         "error": error,
     }
 

@@ -125,9 +125,9 @@ def _unchanged_record(store: ObjectStore, uri: str, previous: PipelineState) -> 
 def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOutcome:
     """Run one entity through the whole protocol. Never raises for per-entity failures."""
     started = clock.monotonic()
-    run, ent = task.run, task.entity
+    run = task.run
     stores = StoreCache(run.store_config)
-    lake_store, state_store = stores(run.lake), stores(run.state_root)
+    state_store = stores(run.state_root)
     pipeline = task.stage_cls.script_name
     outcome = EntityOutcome(task.state_entity, "completed")
     if stop is not None and stop.is_set():  # queued before SIGTERM, reached after: do not start
@@ -144,7 +144,34 @@ def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOut
         return outcome
     lease = got
     states = StateStore(state_store, run.state_root, pipeline)
-    stage = task.stage_cls(task.params, run, stores)
+    try:
+        with LeaseKeeper(lease) as keeper, PeakRss() as rss:
+            _leased(task, states, stores, keeper=keeper, stop=stop, outcome=outcome)
+    except PgxError as exc:
+        _ended_by(exc, outcome, states, task)
+    finally:
+        _safe(lease.release)
+        outcome.duration_sec = round(clock.monotonic() - started, 3)
+        outcome.peak_rss_mb = rss.peak_mb
+    return outcome
+
+
+def _leased(
+    task: EntityTask,
+    states: StateStore,
+    stores: StoreCache,
+    *,
+    keeper: LeaseKeeper,
+    stop: StopFlag | None,
+    outcome: EntityOutcome,
+) -> None:
+    """The protocol under the entity's lease: state running → stage → gates → backup and promote
+    behind the fence → state committed → staging removed. Errors end it (:func:`_ended_by`)."""
+    run, ent = task.run, task.entity
+    lake_store = stores(run.lake)
+    if _completed_meanwhile(states, task, lake_store):
+        outcome.status, outcome.attempts = "skipped", 0
+        return
     previous: PipelineState | None = None
 
     def begin(st: PipelineState) -> PipelineState:
@@ -153,99 +180,30 @@ def run_entity_task(task: EntityTask, stop: StopFlag | None = None) -> EntityOut
         st.status, st.run_id, st.attempt, st.error = "running", run.run_id, st.attempt + 1, None
         return st
 
-    try:
-        with LeaseKeeper(lease) as keeper, PeakRss() as rss:
-            if _completed_meanwhile(states, task, lake_store):
-                outcome.status, outcome.attempts = "skipped", 0
-                return outcome
-            st = states.update(task.state_entity, begin)
-            outcome.attempts = st.attempt
-            ctx = WorkContext(run, task.state_entity, stores, keeper.beat, stop)
-            result = _process(stage, ent, ctx)
-            _fill(outcome, result)
-            failpoints.hit("after_staging")
-            data_error = result.data_error or _gates(stage, ent, result, ctx, lake_store)
-            if stop is not None and stop.is_set():
-                raise InterruptedRun("Interrupted before promotion")
-            backup = RunBackup(lake_store, run.backup_root, run.lake, run.run_id)
-            promoted: list[Promoted] = []
-            for out in result.outputs:
-                if data_error is not None and not out.promote_on_failure:
-                    continue
-                staged = ctx.staging_uri(out.uri)
-                checksum = ctx.checksums.get(staged) or sha256_of(lake_store, staged)
-                promoted.append(
-                    promote_object(
-                        lake_store,
-                        staged=staged,
-                        final=out.uri,
-                        rows=out.rows,
-                        checksum=checksum,
-                        backup=backup,
-                        fence=keeper.renew,
-                    )
-                )
-                if out.rewrites is not None:
-                    _record_rewrite(state_store, run, out.rewrites, promoted[-1])
-            # Stale outputs go only with a passing gate, backed up first, and the summary names them.
-            for uri in result.deletes if data_error is None else []:
-                if backup.backup(uri) is not None:
-                    keeper.renew()
-                    lake_store.delete(uri)
-                    outcome.removed.append(uri)
-            assert previous is not None
-            records = [_record(p) for p in promoted] + [
-                _unchanged_record(lake_store, u, previous) for u in result.unchanged
-            ]
-            backups = sorted({backup.prefix} if backup.backed_up and backup.prefix else set())
-            outcome.outputs = [p.uri for p in promoted]
-            outcome.backups = backups
-
-            def commit(s: PipelineState) -> PipelineState:
-                s.status = "failed" if data_error else "completed"
-                s.error = data_error
-                s.input_fingerprint, s.config_fingerprint = task.input_fingerprint, task.config_fingerprint
-                s.outputs = records
-                s.metrics = _metrics(result)
-                s.completed_steps.append(
-                    Step(
-                        step_name=task.stage_name,
-                        completed_at=clock.iso(),
-                        metadata={
-                            "run_id": run.run_id,
-                            "status": s.status,
-                            "backups": backups,
-                            "backed_up": [p.backup_uri for p in promoted if p.backup_uri],
-                        },
-                    )
-                )
-                s.completed_steps = s.completed_steps[-20:]  # bounded history
-                return s
-
-            keeper.renew()  # fence the commit too
-            states.update(task.state_entity, commit)
-            failpoints.hit("after_state_commit")
-            for out in result.outputs:
-                lake_store.delete(ctx.staging_uri(out.uri))
-            failpoints.hit("after_cleanup")
-            if data_error:
-                outcome.status, outcome.exit_code, outcome.error = "failed", ExitCode.DATA, data_error
-    except FencedError as exc:
-        outcome.status, outcome.exit_code, outcome.error = "locked", ExitCode.CONFLICT, str(exc)
-    except InterruptedRun as exc:
-        outcome.status, outcome.exit_code, outcome.error = "interrupted", ExitCode.TRANSIENT, str(exc)
-        _mark(states, task, "pending", "interrupted before promotion")
-    except TransientError as exc:
-        outcome.status, outcome.exit_code, outcome.error = "transient", ExitCode.TRANSIENT, str(exc)
-        _mark(states, task, "pending", str(exc))
-    except PgxError as exc:
-        outcome.status, outcome.exit_code, outcome.error = "failed", exc.exit_code, str(exc)
-        _mark(states, task, "failed", str(exc))
-    finally:
-        _safe(lease.release)
-        outcome.duration_sec = round(clock.monotonic() - started, 3)
-        outcome.peak_rss_mb = rss.peak_mb
-    return outcome
+    outcome.attempts = states.update(task.state_entity, begin).attempt
+    stage = task.stage_cls(task.params, run, stores)
+    ctx = WorkContext(run, task.state_entity, stores, keeper.beat, stop)
+    result = _process(stage, ent, ctx)
+    _fill(outcome, result)
+    failpoints.hit("after_staging")
+    data_error = result.data_error or _gates(stage, ent, result, ctx, lake_store)
+    if stop is not None and stop.is_set():
+        raise InterruptedRun("Interrupted before promotion")
+    backup = RunBackup(lake_store, run.backup_root, run.lake, run.run_id)
+    promoted = _promote(result, data_error, ctx, stores=stores, backup=backup, keeper=keeper, outcome=outcome)
+    assert previous is not None
+    records = [_record(p) for p in promoted] + [_unchanged_record(lake_store, u, previous) for u in result.unchanged]
+    outcome.outputs = [p.uri for p in promoted]
+    outcome.backups = sorted({backup.prefix} if backup.backed_up and backup.prefix else set())
+    keeper.renew()  # fence the commit too
+    commit = _commit(task, result, data_error, records=records, backups=outcome.backups, promoted=promoted)
+    states.update(task.state_entity, commit)
+    failpoints.hit("after_state_commit")
+    for out in result.outputs:
+        lake_store.delete(ctx.staging_uri(out.uri))
+    failpoints.hit("after_cleanup")
+    if data_error:
+        outcome.status, outcome.exit_code, outcome.error = "failed", ExitCode.DATA, data_error
 
 
 def _completed_meanwhile(states: StateStore, task: EntityTask, store: ObjectStore) -> bool:
@@ -281,6 +239,100 @@ def _record_rewrite(store: ObjectStore, run: RunInfo, rewrites: tuple[str, str],
         return s if hit else None
 
     states.update(entity, fn)
+
+
+def _promote(
+    result: EntityResult,
+    data_error: str | None,
+    ctx: WorkContext,
+    *,
+    stores: StoreCache,
+    backup: RunBackup,
+    keeper: LeaseKeeper,
+    outcome: EntityOutcome,
+) -> list[Promoted]:
+    """Promote the staged outputs (all with a passing gate; those marked ``promote_on_failure``
+    without), each after its backup and behind the lease's fence; then delete stale outputs."""
+    run = ctx.run
+    lake_store = stores(run.lake)
+    promoted: list[Promoted] = []
+    for out in result.outputs:
+        if data_error is not None and not out.promote_on_failure:
+            continue
+        staged = ctx.staging_uri(out.uri)
+        checksum = ctx.checksums.get(staged) or sha256_of(lake_store, staged)
+        promoted.append(
+            promote_object(
+                lake_store,
+                staged=staged,
+                final=out.uri,
+                rows=out.rows,
+                checksum=checksum,
+                backup=backup,
+                fence=keeper.renew,
+            )
+        )
+        if out.rewrites is not None:
+            _record_rewrite(stores(run.state_root), run, out.rewrites, promoted[-1])
+    # Stale outputs go only with a passing gate, backed up first, and the summary names them.
+    for uri in result.deletes if data_error is None else []:
+        if backup.backup(uri) is not None:
+            keeper.renew()
+            lake_store.delete(uri)
+            outcome.removed.append(uri)
+    return promoted
+
+
+def _commit(
+    task: EntityTask,
+    result: EntityResult,
+    data_error: str | None,
+    *,
+    records: list[OutputRecord],
+    backups: list[str],
+    promoted: list[Promoted],
+) -> Callable[[PipelineState], PipelineState]:
+    """The state update that ends the entity: completed (or failed by a gate), with its outputs."""
+
+    def commit(s: PipelineState) -> PipelineState:
+        s.status = "failed" if data_error else "completed"
+        s.error = data_error
+        s.input_fingerprint, s.config_fingerprint = task.input_fingerprint, task.config_fingerprint
+        s.outputs = records
+        s.metrics = _metrics(result)
+        s.completed_steps.append(
+            Step(
+                step_name=task.stage_name,
+                completed_at=clock.iso(),
+                metadata={
+                    "run_id": task.run.run_id,
+                    "status": s.status,
+                    "backups": backups,
+                    "backed_up": [p.backup_uri for p in promoted if p.backup_uri],
+                },
+            )
+        )
+        s.completed_steps = s.completed_steps[-20:]  # bounded history
+        return s
+
+    return commit
+
+
+def _ended_by(exc: PgxError, outcome: EntityOutcome, states: StateStore, task: EntityTask) -> None:
+    """The outcome of an entity an error ended, and its state: fenced (another run took the lease:
+    leave the state to it), interrupted or transient (pending, for a rerun), or failed."""
+    outcome.error = str(exc)
+    if isinstance(exc, FencedError):
+        outcome.status, outcome.exit_code = "locked", ExitCode.CONFLICT
+    elif isinstance(exc, InterruptedRun):
+        outcome.status, outcome.exit_code = "interrupted", ExitCode.TRANSIENT
+        _mark(states, task, "pending", "interrupted before promotion")
+    elif isinstance(exc, TransientError):
+        outcome.status, outcome.exit_code = "transient", ExitCode.TRANSIENT
+        _mark(states, task, "pending", str(exc))
+    else:
+        outcome.status, outcome.exit_code = "failed", exc.exit_code
+        _mark(states, task, "failed", str(exc))
 
 
 def _process(stage: Stage[Any], ent: Entity, ctx: WorkContext) -> EntityResult:
