@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -90,6 +90,17 @@ class EntityResult:
 
 
 @dataclass(frozen=True)
+class Data:
+    """Lake data a stage reads or writes, by zone and data type: ``Data("silver", "pharmacy")``."""
+
+    zone: str
+    data_type: str
+
+    def __str__(self) -> str:
+        return f"{self.zone}/{self.data_type}"
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """Run-wide facts a stage may use on the driver and on workers (picklable)."""
 
@@ -106,9 +117,12 @@ class RunInfo:
     limit: int | None
     ray_address: str | None = None
     cpus_per_item: float = 1.0
+    # Which stage produces what (``"silver/pharmacy"`` → its state pipeline, the script name), of
+    # every registered stage: see :meth:`Stage.producer`.
+    producers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_spec(cls, spec: Spec, run_id: str, run_name: str) -> RunInfo:
+    def from_spec(cls, spec: Spec, run_id: str, run_name: str, producers: Mapping[str, str] | None = None) -> RunInfo:
         from pgx_core.lake.storage import StoreConfig  # noqa: PLC0415
 
         assert spec.state_root is not None and spec.backup_root is not None
@@ -126,6 +140,7 @@ class RunInfo:
             limit=spec.limit,
             ray_address=spec.executor.address,
             cpus_per_item=spec.executor.cpus_per_item,
+            producers=dict(producers or {}),
         )
 
 
@@ -184,11 +199,24 @@ class Stage(abc.ABC, Generic[P]):
     Params: ClassVar[type[StageParams]]
     # True when only ``prepare`` learns which entities have input rows (see :meth:`has_input`).
     input_known_after_prepare: ClassVar[bool] = False
+    # What the stage reads and what it writes. A stage that fingerprints its input by what the
+    # producer recorded, or records an in-place rewrite in the producer's state, asks
+    # :meth:`producer` for it instead of naming another plugin's stage.
+    consumes: ClassVar[tuple[Data, ...]] = ()
+    produces: ClassVar[tuple[Data, ...]] = ()
 
     def __init__(self, params: P, run: RunInfo, store_for: Callable[[str], ObjectStore]) -> None:
         self.params = params
         self.run = run
         self.store_for = store_for
+
+    def producer(self, data: Data) -> str:
+        """The state pipeline (script name) of the stage that produces ``data``, whichever plugin
+        registered it. None registered → :class:`PluginError` naming the data."""
+        found = self.run.producers.get(str(data))
+        if found is None:
+            raise PluginError(f"Stage {self.type_name} reads {data}, which no installed stage produces")
+        return found
 
     # --- validation ---------------------------------------------------------------------------
     @classmethod
@@ -251,6 +279,7 @@ class StageRegistry:
     def __init__(self) -> None:
         self._stages: dict[str, type[Stage[Any]]] = {}
         self._owners: dict[str, str] = {}
+        self._producers: dict[str, type[Stage[Any]]] = {}
         self._current_plugin = "?"
 
     def register(self, stage_cls: type[Stage[Any]]) -> None:
@@ -267,8 +296,16 @@ class StageRegistry:
                 f"Stage type {name!r} is registered twice: by plugin {self._owners[name]} "
                 f"({self._stages[name].__qualname__}) and by plugin {self._current_plugin} ({stage_cls.__qualname__})"
             )
+        for data in stage_cls.produces:
+            other = self._producers.get(str(data))
+            if other is not None and other is not stage_cls:
+                raise PluginError(
+                    f"Plugin {self._current_plugin}: stage {name} produces {data}, which stage "
+                    f"{other.type_name} (plugin {self._owners[other.type_name]}) produces already"
+                )
         self._stages[name] = stage_cls
         self._owners[name] = self._current_plugin
+        self._producers.update((str(data), stage_cls) for data in stage_cls.produces)
 
     def get(self, name: str) -> type[Stage[Any]] | None:
         return self._stages.get(name)
@@ -281,6 +318,10 @@ class StageRegistry:
 
     def items(self) -> list[tuple[str, type[Stage[Any]]]]:
         return sorted(self._stages.items())
+
+    def producers(self) -> dict[str, str]:
+        """``{"silver/pharmacy": "global_imputation", …}``: each produced data's state pipeline."""
+        return {data: cls.script_name for data, cls in sorted(self._producers.items())}
 
 
 def scan_partitions(store: ObjectStore, prefix: str, file_name: str, what: str) -> dict[tuple[str, int], ObjectInfo]:

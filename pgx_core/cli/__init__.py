@@ -89,9 +89,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             else:
                 print(f"{r['name']:<14} {r['distribution']} {r['version']}  stages: {', '.join(r['stages']) or '-'}")
         for name, cls in plugins.registry.items():
-            print(f"  {name:<18} tx={cls.tx:<6} script_name={cls.script_name}")
+            sides = (("reads", cls.consumes), ("writes", cls.produces))
+            io = "".join(f"  {k} {', '.join(map(str, v))}" for k, v in sides if v)
+            print(f"  {name:<18} tx={cls.tx:<6} script_name={cls.script_name}{io}")
 
-    _emit(args, {"plugins": rows}, human)
+    stage_types = [
+        {
+            "type": name,
+            "script_name": cls.script_name,
+            "consumes": [str(d) for d in cls.consumes],
+            "produces": [str(d) for d in cls.produces],
+        }
+        for name, cls in plugins.registry.items()
+    ]
+    _emit(args, {"plugins": rows, "stage_types": stage_types}, human)
     return ExitCode.OK
 
 

@@ -117,7 +117,7 @@ class Runner:
         lim = limit if limit is not None else spec.spec.limit
         if lim is not None and lim < 1:
             raise UsageError(f"--limit must be a positive number of entities, got {lim}")
-        self.run = RunInfo.from_spec(spec.spec, self.run_id, spec.name)
+        self.run = RunInfo.from_spec(spec.spec, self.run_id, spec.name, plugins.registry.producers())
         if lim != self.run.limit:
             self.run = RunInfo(**{**self.run.__dict__, "limit": lim})
         self.stores = StoreCache(self.run.store_config)

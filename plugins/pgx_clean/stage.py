@@ -65,7 +65,7 @@ from pgx_core.lake.parquet import FixedRowGroupWriter as GoldWriter
 from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
 from pgx_core.log import get_logger
 from pgx_core.spec.runspec import Spec, StageParams, canonical_json
-from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
+from pgx_core.stage import Data, Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
 from pgx_core.state import produced_checksum
 
 log = get_logger(__name__)
@@ -80,7 +80,6 @@ MAX_READ_BATCH_ROWS = 65_536
 # clean_partition's temporaries and gold output (measured ≈ 1.1× the silver on synthetic
 # partitions of both datasets) and headroom for the read batch that completes the chunk.
 WORKING_SET_FACTOR = 3.0
-IMPUTE_PIPELINE = "global_imputation"  # the impute stage's state pipeline (its script_name)
 MEMBER_KEY = "mi_person_key"
 HEARTBEAT_SECONDS = 5.0
 _GOLD_ORDER = ("mi_person_key", "incurred_date", "claim_id", "_source_file", "_source_line")
@@ -423,6 +422,7 @@ class _CleanStage(Stage[CP], Generic[CP]):
         self._warn_older_layout(prefix)
         objects = scan_partitions(self.store_for(prefix), prefix, f"{ds}_data.parquet", f"{self.type_name} (silver)")
         state_store = self.store_for(self.run.state_root)
+        imputed = self.producer(Data("silver", ds))  # its state holds silver's checksums
         entities = []
         for band in self.run.age_bands:
             for year in self.run.years:
@@ -434,7 +434,7 @@ class _CleanStage(Stage[CP], Generic[CP]):
                 # Fingerprint silver by what impute produced (survives byte-identical rewrites);
                 # the size guards against an object replaced behind impute's back.
                 produced = produced_checksum(
-                    state_store, self.run.state_root, lake, pipeline=IMPUTE_PIPELINE, entity_id=entity_id, uri=silver
+                    state_store, self.run.state_root, lake, pipeline=imputed, entity_id=entity_id, uri=silver
                 )
                 fp = f"imputed={produced};size={info.size}" if produced else f"etag={info.etag};size={info.size}"
                 entities.append(
@@ -525,6 +525,8 @@ class CleanPharmacyStage(_CleanStage[CleanPharmacyParams]):
     tx = "clnph"
     script_name = "clean_pharmacy"
     dataset = "pharmacy"
+    consumes = (Data("silver", "pharmacy"),)
+    produces = (Data("gold", "pharmacy"),)
     Params = CleanPharmacyParams
 
     def _drug_map_uri(self) -> str | None:
@@ -550,6 +552,8 @@ class CleanMedicalStage(_CleanStage[CleanMedicalParams]):
     tx = "clnmd"
     script_name = "clean_medical"
     dataset = "medical"
+    consumes = (Data("silver", "medical"),)
+    produces = (Data("gold", "medical"),)
     Params = CleanMedicalParams
 
 

@@ -48,7 +48,7 @@ from pgx_core.lake import paths
 from pgx_core.lake.parquet import MB, ROW_GROUP_ROWS, FixedRowGroupWriter
 from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
 from pgx_core.log import get_logger
-from pgx_core.stage import Entity, EntityResult, Output, RunInfo, Stage, WorkContext
+from pgx_core.stage import Data, Entity, EntityResult, Output, RunInfo, Stage, WorkContext
 from pgx_impute import partition, rules
 from pgx_impute.merge import merge_sorted, sort_key
 from pgx_impute.params import ImputeParams
@@ -522,6 +522,8 @@ class ImputeStage(Stage[ImputeParams]):
     type_name = "impute"
     tx = "glimp"
     script_name = "global_imputation"
+    consumes = tuple(Data("bronze", dt) for dt in DATA_TYPES)
+    produces = (*(Data("silver", dt) for dt in DATA_TYPES), Data("silver", DEMOGRAPHICS))
     version = "1"
     plugin_name = "pgx-impute"
     Params = ImputeParams

@@ -10,11 +10,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pgx_apcd import layout
+from pgx_apcd.layout import DATA_TYPES
 
 from pgx_core.errors import NoInput, UsageError
 from pgx_core.lake import paths
 from pgx_core.lake.parquet import MB, row_parquet_options
-from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext
+from pgx_core.stage import Data, Entity, EntityResult, Output, Stage, WorkContext
 from pgx_core.state import produced_checksum
 from pgx_ingest.params import IngestParams, ReprocessParams
 from pgx_ingest.parse import REJECTS_SCHEMA, SCHEMA_MISMATCH, bronze_schema, ingest_stream
@@ -86,6 +87,8 @@ class IngestStage(Stage[IngestParams]):
     type_name = "ingest"
     tx = "txtpq"
     script_name = "txt_to_parquet"
+    consumes = tuple(Data("raw", dt) for dt in DATA_TYPES)
+    produces = tuple(Data("bronze", dt) for dt in DATA_TYPES)
     version = "1"
     plugin_name = "pgx-ingest"
     Params = IngestParams
@@ -184,6 +187,7 @@ class ReprocessStage(Stage[ReprocessParams]):
     type_name = "reprocess"
     tx = "repro"
     script_name = "reprocess_txt_to_parquet"
+    consumes = tuple(Data("bronze", dt) for dt in DATA_TYPES)  # the rejects, rewritten in place
     version = "1"
     plugin_name = "pgx-ingest"
     Params = ReprocessParams
@@ -205,7 +209,7 @@ class ReprocessStage(Stage[ReprocessParams]):
                 self.store_for(self.run.state_root),
                 self.run.state_root,
                 self.run.lake,
-                pipeline=IngestStage.script_name,
+                pipeline=self.producer(Data("bronze", p.data_type)),
                 entity_id=ingest_id,
                 uri=info.uri,
             )

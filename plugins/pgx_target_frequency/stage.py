@@ -55,7 +55,7 @@ from pgx_core.lake import paths
 from pgx_core.lake.parquet import MB, PARQUET_OPTS
 from pgx_core.lake.storage import ObjectStore, StoreConfig, open_store
 from pgx_core.spec.runspec import Spec, canonical_json
-from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
+from pgx_core.stage import Data, Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
 from pgx_target_frequency.params import TargetFrequencyParams
 from pgx_target_frequency.rules import (
     ICD_FREQUENCY_SCHEMA,
@@ -185,6 +185,8 @@ class TargetFrequencyStage(Stage[TargetFrequencyParams]):
     type_name = "target-frequency"
     tx = "tgtfq"
     script_name = "target_frequency_analysis"
+    consumes = (Data("gold", "medical"),)
+    produces = (Data("gold", "target_code"),)
     version = "1"
     plugin_name = "pgx-target-frequency"
     Params = TargetFrequencyParams

@@ -71,7 +71,7 @@ from pgx_core.lake import paths
 from pgx_core.lake.parquet import MB, row_parquet_options
 from pgx_core.lake.storage import ObjectInfo, ObjectStore, StoreConfig
 from pgx_core.spec.runspec import Spec, canonical_json
-from pgx_core.stage import Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
+from pgx_core.stage import Data, Entity, EntityResult, Output, Stage, WorkContext, scan_partitions
 from pgx_core.state import OutputRecord, PipelineState, StateStore
 from pgx_update_codes.params import (
     UpdateCodesParams,
@@ -83,7 +83,6 @@ from pgx_update_codes.rules import CodeMap, add_stats, update_codes_table
 
 PROVENANCE_KEY = b"pgx.update_codes"
 DRY_RUN_SUFFIX = "dry_run"
-CLEAN_PIPELINES = {"medical": "clean_medical", "pharmacy": "clean_pharmacy"}
 _READ_BUFFER = 1 * MB
 _MIN_CHUNK, _MAX_CHUNK = 1024, 1 << 20
 # Arrow bytes held per row read: the batch, the rewritten columns, pyarrow temporaries, writer buffers.
@@ -168,6 +167,7 @@ class UpdateCodesStage(Stage[UpdateCodesParams]):
     type_name = "update-codes"
     tx = "updcd"
     script_name = "update_codes"
+    consumes = (Data("gold", "medical"), Data("gold", "pharmacy"))  # rewritten in place
     version = "1"
     plugin_name = "pgx-update-codes"
     Params = UpdateCodesParams
@@ -234,7 +234,8 @@ class UpdateCodesStage(Stage[UpdateCodesParams]):
             # footer provenance, and a new version of the rules must not look "already current".
             blob = canonical_json({**maps, "stage": self.type_name, "version": self.version})
             extra = "pass2:sha256:" + hashlib.sha256(blob.encode()).hexdigest()
-            cleans = StateStore(state_store, run.state_root, CLEAN_PIPELINES[dataset])
+            cleaned = self.producer(Data("gold", dataset))  # clean's state holds gold's checksums
+            cleans = StateStore(state_store, run.state_root, cleaned)
             live = live_by_dataset[dataset]
             for year in years:
                 for band in bands:
@@ -263,7 +264,7 @@ class UpdateCodesStage(Stage[UpdateCodesParams]):
                         "source": lineage.source,
                         "config": extra,
                         "maps": maps,
-                        "rewrites": [CLEAN_PIPELINES[dataset], eid] if lineage.record_rewrite else None,
+                        "rewrites": [cleaned, eid] if lineage.record_rewrite else None,
                         "dry_run": p.dry_run,
                     }
                     if p.dry_run:

@@ -90,3 +90,44 @@ def test_lifecycle_hooks_fire_in_order() -> None:
     plugins = make_plugin_manager([("teststage", pgx_teststage), ("rec", Recorder())], entrypoints=False)
     plugins.before_stage(None, "x", "copy-table", 1, 1)  # type: ignore[arg-type]
     assert calls == ["before:x"]
+
+
+def test_stages_declare_what_they_produce_and_the_core_resolves_it() -> None:
+    from pgx_core.stage import Data
+
+    plugins = make_plugin_manager()
+    producers = plugins.registry.producers()
+    # Clean finds silver's checksums in impute's state, update-codes records its rewrites in clean's:
+    # neither names the other plugin's stage; the registry says who produces what.
+    assert producers["silver/pharmacy"] == "global_imputation" and producers["gold/medical"] == "clean_medical"
+    clean = plugins.registry.get("clean-medical")
+    assert clean is not None and Data("silver", "medical") in clean.consumes
+
+
+def test_a_second_producer_of_the_same_data_is_refused() -> None:
+    from pgx_core.stage import Data, StageRegistry
+
+    class ImputedElsewhere(pgx_teststage.CopyTable):
+        type_name = "impute-elsewhere"
+        produces = (Data("silver", "pharmacy"),)
+
+    registry = StageRegistry()
+    registry._current_plugin = "impute"
+    registry.register(type("Impute", (pgx_teststage.CopyTable,), {"produces": (Data("silver", "pharmacy"),)}))
+    registry._current_plugin = "other"
+    with pytest.raises(PluginError, match=r"produces silver/pharmacy, which stage copy-table \(plugin impute\)"):
+        registry.register(ImputedElsewhere)
+
+
+def test_a_stage_asking_for_data_no_stage_produces_gets_a_clear_error(tmp_path: Path) -> None:
+    from pgx_core.lake.storage import StoreConfig
+    from pgx_core.stage import Data, RunInfo
+
+    run = RunInfo(
+        "r", "n", tmp_path.as_uri(), tmp_path.as_uri(), tmp_path.as_uri(), StoreConfig(), (2019,), ("65-74",),
+        256, None, None, producers={"silver/medical": "global_imputation"},
+    )  # fmt: skip
+    stage = pgx_teststage.CopyTable(pgx_teststage.Params(), run, lambda uri: None)  # type: ignore[arg-type,return-value]
+    assert stage.producer(Data("silver", "medical")) == "global_imputation"
+    with pytest.raises(PluginError, match="reads silver/pharmacy, which no installed stage produces"):
+        stage.producer(Data("silver", "pharmacy"))
