@@ -47,6 +47,11 @@ class UsageError(PgxError):
     exit_code = ExitCode.USAGE
 
 
+class ArgumentError(UsageError):
+    """A command's arguments do not go together (found after parsing): the command line prints
+    the command's usage line above the message, as for a flag it cannot parse."""
+
+
 @dataclass(frozen=True)
 class SpecProblem:
     """One problem found in a run spec."""

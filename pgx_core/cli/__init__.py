@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from pgx_core import __version__, log
 from pgx_core.cli.ui import Ui, make_ui
-from pgx_core.errors import PgxError, SpecError, UsageError, scrub
+from pgx_core.errors import ArgumentError, PgxError, SpecError, UsageError, scrub
 from pgx_core.exitcodes import ExitCode
 
 if TYPE_CHECKING:
@@ -381,9 +381,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     sized = args.workers is not None or args.max_workers is not None
     if sized and args.target != "rayjob":
-        raise UsageError("pgx render: --workers and --max-workers size the cluster of --target rayjob only")
+        raise ArgumentError("pgx render: --workers and --max-workers size the cluster of --target rayjob only")
     if (args.ray_address or args.ray_token_secret) and args.target != "job":
-        raise UsageError(
+        raise ArgumentError(
             "pgx render: --ray-address and --ray-token-secret are for --target job (a RayJob makes its own cluster)"
         )
     _, spec = _plugins_and_spec(args, args.spec)
@@ -452,7 +452,7 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
 
     def add(name: str, fn: Handler, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_, parents=[common])
-        sp.set_defaults(func=fn)
+        sp.set_defaults(func=fn, command_parser=sp)
         return sp
 
     sp = add("validate", cmd_validate, "validate a run spec")
@@ -627,6 +627,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 doc["problems"] = [{"path": p.path, "message": p.message} for p in exc.problems]
             print(json.dumps(doc, indent=1))
         else:
+            if isinstance(exc, ArgumentError):  # as argparse does for a flag it cannot parse
+                print(args.command_parser.format_usage(), end="", file=sys.stderr)
             print(f"pgx: {exc}", file=sys.stderr)
         code = int(exc.exit_code)
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pgx_core.errors import UsageError
+from pgx_core.errors import ArgumentError
 from pgx_core.lake import paths
 from pgx_core.lake.storage import SCHEMES
 from pgx_core.spec.runspec import API_VERSION, DEFAULT_YEARS, KIND
@@ -100,7 +100,7 @@ def lake_of_output_root(output_root: str, zone: str, data_type: str | None = Non
         guess = re.split(r"/(?:bronze|silver|gold)(?:/|$)", uri.rstrip("/"), maxsplit=1)[0]
         scheme, _, rest = guess.partition("://")
         hint = f" (for this lake: {paths.build_zone_path(zone, data_type, lake=guess).rstrip('/')})"
-        raise UsageError(
+        raise ArgumentError(
             f"--output-root must be the zone root {expected}, as for the older script; got {output_root}"
             + (hint if scheme in SCHEMES and rest.strip("/") else "")
         )
@@ -113,7 +113,7 @@ def years_between(min_year: int | None, max_year: int | None) -> list[int] | Non
     if min_year is None and max_year is None:
         return None
     if min_year is not None and max_year is not None and min_year > max_year:
-        raise UsageError(f"--min-year {min_year} is after --max-year {max_year}")
+        raise ArgumentError(f"--min-year {min_year} is after --max-year {max_year}")
     low = min_year if min_year is not None else min(DEFAULT_YEARS[0], max_year or DEFAULT_YEARS[0])
     high = max_year if max_year is not None else max(DEFAULT_YEARS[-1], low)
     return list(range(low, high + 1))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgx_core import clock, failpoints
-from pgx_core.errors import InterruptedRun, PgxError, StorageError, TransientError, UsageError, scrub
+from pgx_core.errors import ArgumentError, InterruptedRun, PgxError, StorageError, TransientError, UsageError, scrub
 from pgx_core.exitcodes import ExitCode, worst
 from pgx_core.lake import paths
 from pgx_core.lake.storage import ObjectStore, arrow_error
@@ -116,7 +116,7 @@ class Runner:
         self.run_id = run_id or clock.run_id_from_env() or clock.new_run_id()
         lim = limit if limit is not None else spec.spec.limit
         if lim is not None and lim < 1:
-            raise UsageError(f"--limit must be a positive number of entities, got {lim}")
+            raise ArgumentError(f"--limit must be a positive number of entities, got {lim}")
         self.run = RunInfo.from_spec(spec.spec, self.run_id, spec.name, plugins.registry.producers())
         if lim != self.run.limit:
             self.run = RunInfo(**{**self.run.__dict__, "limit": lim})

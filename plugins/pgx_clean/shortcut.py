@@ -24,7 +24,7 @@ from pgx_core.cli.shortcuts import (
     pipeline_run,
     years_between,
 )
-from pgx_core.errors import UsageError
+from pgx_core.errors import ArgumentError
 from pgx_core.lake import paths
 from pgx_core.spec.runspec import AGE_BANDS
 
@@ -94,7 +94,7 @@ def _pair(text: str) -> tuple[str, int]:
         band, found, year = t.partition(sep)
         if found and band.strip() in AGE_BANDS and year.strip().isdigit():
             return band.strip(), int(year)
-    raise UsageError(f"--pairs: expected band,year such as 65-74,2019, got {text.strip()!r}")
+    raise ArgumentError(f"--pairs: expected band,year such as 65-74,2019, got {text.strip()!r}")
 
 
 def _pairs(args: argparse.Namespace) -> tuple[list[str], list[int]] | None:
@@ -104,7 +104,7 @@ def _pairs(args: argparse.Namespace) -> tuple[list[str], list[int]] | None:
         try:
             lines = Path(args.pairs_file).read_text().splitlines()
         except OSError as exc:
-            raise UsageError(f"--pairs-file {args.pairs_file}: cannot read it ({exc.strerror})") from None
+            raise ArgumentError(f"--pairs-file {args.pairs_file}: cannot read it ({exc.strerror})") from None
         texts += [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not texts:
         return None
@@ -112,7 +112,7 @@ def _pairs(args: argparse.Namespace) -> tuple[list[str], list[int]] | None:
     bands = [b for b in AGE_BANDS if any(p[0] == b for p in pairs)]
     years = sorted({p[1] for p in pairs})
     if len(pairs) != len(bands) * len(years):
-        raise UsageError(
+        raise ArgumentError(
             f"--pairs: pgx runs every age band × year of the run; these {len(pairs)} pairs are not a full grid "
             f"of bands {','.join(bands)} × years {','.join(map(str, years))}: run once per band or year instead"
         )
@@ -123,12 +123,12 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The ``PipelineRun`` document of ``pgx clean`` with these arguments (``UsageError``: 64)."""
     job = args.job
     if job not in JOBS:
-        raise UsageError("--job global-imputation is pgx impute: pgx impute --output-root <lake>/silver/imputed")
+        raise ArgumentError("--job global-imputation is pgx impute: pgx impute --output-root <lake>/silver/imputed")
     other = next(j for j in JOBS if j != job)
     if _input(args, other) is not None:
-        raise UsageError(f"--{other}-input / --raw-{other} do not apply to --job {job}")
+        raise ArgumentError(f"--{other}-input / --raw-{other} do not apply to --job {job}")
     if args.drug_map is not None and job != "pharmacy":
-        raise UsageError("--drug-map applies to --job pharmacy only")
+        raise ArgumentError("--drug-map applies to --job pharmacy only")
     lake = lake_of_output_root(args.output_root, "gold", job)
     params: dict[str, Any] = {}
     given = _input(args, job)
@@ -143,7 +143,7 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
         bands, pair_years = grid
         years = [y for y in pair_years if years is None or y in years]
         if not years:
-            raise UsageError("--pairs: no pair falls between --min-year and --max-year")
+            raise ArgumentError("--pairs: no pair falls between --min-year and --max-year")
     return pipeline_run(
         f"clean-{job}",
         lake,

@@ -31,7 +31,7 @@ from pgx_core.cli.shortcuts import (
     default_lake,
     pipeline_run,
 )
-from pgx_core.errors import UsageError
+from pgx_core.errors import ArgumentError
 from pgx_core.lake import paths
 
 COMMAND = "update-codes"
@@ -93,7 +93,7 @@ def _split(value: str | None, flag: str) -> list[str] | None:
         return None
     out = [v.strip() for v in value.split(",") if v.strip()]
     if not out:
-        raise UsageError(f"{flag} needs at least one value, got {value!r}")
+        raise ArgumentError(f"{flag} needs at least one value, got {value!r}")
     return out
 
 
@@ -104,7 +104,7 @@ def _years(value: str | None) -> list[int] | None:
     try:
         return [int(v) for v in items]
     except ValueError:
-        raise UsageError(f"--years must be a comma list of years such as 2019,2020, got {value!r}") from None
+        raise ArgumentError(f"--years must be a comma list of years such as 2019,2020, got {value!r}") from None
 
 
 def default_target_map(lake: str) -> str:
@@ -118,7 +118,7 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     datasets = _split(args.datasets, "--datasets") or ["medical"]
     params: dict[str, Any] = {"datasets": datasets}
     if args.use_suggested and args.target_map:
-        raise UsageError("--use-suggested and --target-map both name the target map: give one")
+        raise ArgumentError("--use-suggested and --target-map both name the target map: give one")
     if args.use_suggested:
         params["targetMap"] = paths.target_code_objects(lake)[2]
     elif "medical" in datasets or args.target_map:

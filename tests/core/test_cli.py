@@ -76,10 +76,18 @@ def test_broken_plugin_is_named_and_run_does_not_crash(plugin_site: Callable[...
     assert "Traceback" not in proc.stderr
 
 
-def test_usage_errors_exit_64() -> None:
-    assert pgx("run").returncode == 64
-    assert pgx("frobnicate").returncode == 64
-    assert pgx("rollback", "x.yaml").returncode == 64  # --run-id is required
+def test_usage_errors_exit_64_with_the_usage_line(tmp_path: Path) -> None:
+    for args, command in (
+        (("run",), "run"),  # SPEC missing
+        (("frobnicate",), ""),
+        (("rollback", "x.yaml"), "rollback"),  # --run-id is required
+        (("clean", "--job", "medical", "--output-root", str(tmp_path / "silver/imputed"), "--drug-map", "m.json"),
+         "clean"),  # arguments that do not go together (found after parsing)
+        (("update-codes", "--use-suggested", "--target-map", "t.json", "--lake", str(tmp_path)), "update-codes"),
+    ):  # fmt: skip
+        proc = pgx(*args)
+        assert proc.returncode == 64, (args, proc.stderr)
+        assert proc.stderr.startswith(f"usage: pgx {command}".rstrip()), (args, proc.stderr)
 
 
 def test_version_and_plugins_json() -> None:
