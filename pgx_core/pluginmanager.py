@@ -129,8 +129,21 @@ class Plugins:
         return [stage for _, stage in sorted(placed, key=lambda pair: pair[0])]
 
     def report_sections(self, summaries: list[dict[str, Any]]) -> list[ReportSection]:
-        """Every plugin's report sections for one run, in position order."""
-        found = [s for sections in self.pm.hook.pgx_report_sections(summaries=summaries) for s in sections]
+        """Every plugin's report sections for one run, in position order. A plugin whose sections
+        fail is logged and left out: the rest of the report still gets drawn."""
+        found: list[ReportSection] = []
+        for impl in self.pm.hook.pgx_report_sections.get_hookimpls():
+            try:
+                found.extend(impl.function(summaries=summaries))
+            except Exception as exc:
+                log.error(
+                    "report section failed",
+                    extra={
+                        "event": "report_section_failed",
+                        "plugin": impl.plugin_name,
+                        "error": f"{type(exc).__name__}: {scrub(str(exc))}",
+                    },
+                )
         return sorted(found, key=lambda s: s.position)
 
 

@@ -356,3 +356,19 @@ def test_resolve_run_picks_the_latest_run_of_that_spec(local_lake: str, tmp_path
     spec.write_text(spec.read_text().replace("name: nightly", "name: weekly"))
     with pytest.raises(UsageError, match="no run of 'weekly' has summaries"):
         report.resolve_run(str(spec), None)
+
+
+def test_a_failing_plugin_section_leaves_the_rest(lake: tuple[str, StoreConfig], tmp_path: Path) -> None:
+    from pgx_core import hookspecs
+    from pgx_core.pluginmanager import make_plugin_manager
+
+    class Broken:
+        @hookspecs.hookimpl
+        def pgx_report_sections(self, summaries: list[dict[str, Any]]) -> list[Any]:
+            raise RuntimeError("cannot draw")
+
+    uri, config = lake
+    _synthetic_run(uri, config)
+    built = report.build_report(uri, RUN, tmp_path / "r", config, plugins=make_plugin_manager([("broken", Broken())]))
+    page = built.html.read_text(encoding="utf-8")
+    assert "<h2>Imputation provenance</h2>" in page and "<h2>Code normalization</h2>" in page
