@@ -134,7 +134,8 @@ class Plugins:
         found: list[ReportSection] = []
         for impl in self.pm.hook.pgx_report_sections.get_hookimpls():
             try:
-                found.extend(impl.function(summaries=summaries))
+                sections: list[ReportSection] = impl.function(summaries=summaries)
+                found.extend(sections)
             except Exception as exc:
                 log.error(
                     "report section failed",
