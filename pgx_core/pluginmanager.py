@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
@@ -134,8 +134,7 @@ class Plugins:
         found: list[ReportSection] = []
         for impl in self.pm.hook.pgx_report_sections.get_hookimpls():
             try:
-                sections: list[ReportSection] = impl.function(summaries=summaries)
-                found.extend(sections)
+                found.extend(cast(list[ReportSection], impl.function(summaries=summaries)))
             except Exception as exc:
                 log.error(
                     "report section failed",
