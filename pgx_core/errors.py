@@ -4,6 +4,7 @@
 
     PgxError                      exit code of the class (the process exit code it causes)
     ├── UsageError                64  bad command line
+    │   └── ArgumentError         64  arguments that do not go together (printed under the usage line)
     ├── SpecError                 64  invalid run spec (carries every problem at once)
     ├── PluginError               64  a plugin failed to load, or a stage type is unknown/duplicated
     ├── HookError                  1  a lifecycle hook that may veto (before_run/before_stage) raised
