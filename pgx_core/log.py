@@ -1,4 +1,5 @@
-"""JSON-lines logging on stderr: ``ts, level, run_id, stage, entity, event, counts…``.
+"""Logging on stderr: JSON lines ``ts, level, run_id, stage, entity, event, counts…`` by default,
+or any handler given to :func:`setup` (the command line's readable lines on a terminal).
 
 Messages and extra fields must be PHI-free: callers pass counts, ids of entities (file stems,
 partitions) and reason codes, never data values. ``bind()`` sets run-wide context fields.

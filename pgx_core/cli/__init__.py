@@ -1,7 +1,8 @@
 """The ``pgx`` command line. Parses arguments, calls the runtime, maps errors to exit codes.
 
-No business logic lives here. Human output goes to stdout on a terminal; ``--json`` prints one JSON
-document instead. Logs are JSON lines on stderr.
+No business logic lives here. Human output goes to stdout, with progress and readable log lines on
+stderr when it is a terminal (:mod:`pgx_core.cli.ui`); ``--json`` prints one JSON document instead,
+and logs are JSON lines on stderr off a terminal or with ``--json``.
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def _execute(args: argparse.Namespace, make_runner: Callable[..., Any]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     ui: Ui = args.ui
-    runner = make_runner(stop=stop, on_progress=ui.update if ui.live else None, on_starting=ui.starting)
+    runner = make_runner(stop=stop, **ui.runner_hooks())
     code = runner.execute()
     ui.close()
     if runner.error:

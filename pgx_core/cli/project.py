@@ -102,13 +102,7 @@ def run_demo(directory: str, plugins: Plugins, *, rows: int, executor: str | Non
     spec_path = root / DEMO_SPEC_FILE
     spec_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     spec = load_spec(spec_path, plugins.registry)
-    runner = Runner(
-        spec,
-        plugins,
-        stop=threading.Event(),
-        on_progress=ui.update if ui.live else None,
-        on_starting=ui.starting,
-    )
+    runner = Runner(spec, plugins, stop=threading.Event(), **ui.runner_hooks())
     code = runner.execute()
     ui.close()
     lake = doc["spec"]["lake"]

@@ -90,6 +90,11 @@ class Ui:
         """Where log lines go (``None``: JSON lines on standard error)."""
         return None
 
+    def runner_hooks(self) -> dict[str, Any]:
+        """The runner's display callbacks. Progress goes only to a live display: without one the
+        runner logs each entity at info level instead of drawing it."""
+        return {"on_progress": self.update if self.live else None, "on_starting": self.starting}
+
     def update(self, stage: str, outcome: EntityOutcome | None, done: int, total: int) -> None:
         """An entity of ``stage`` finished (``outcome``), ``done`` of ``total``."""
 
