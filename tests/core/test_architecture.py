@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import line_count_project, pgx
+from tests.core.conftest import BUILT_IN
 
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-# Every plugin pgx itself ships, by entry-point name (the example plugin is a third party's).
-BUILT_IN = ("apcd", "ingest", "impute", "clean", "update_codes", "target_frequency")
 PLUGIN_COMMANDS = ("init", "demo", "sample", "impute", "clean", "update-codes", "target-frequency")
 
 
@@ -108,3 +107,11 @@ def test_plugins_and_a_third_party_stage_work_with_every_built_in_plugin_disable
     spec.write_text(spec.read_text().replace("use: line-count", "use: impute"))
     refused = pgx("validate", str(spec), env=ALONE)
     assert refused.returncode == 64 and "impute" in refused.stderr
+
+
+def test_the_core_tests_see_no_built_in_plugin() -> None:
+    """tests/core/conftest.py disables each plugin pgx's distribution registers, read from its entry points."""
+    from pgx_core.pluginmanager import make_plugin_manager
+
+    assert {"apcd", "ingest", "impute", "clean", "update_codes", "target_frequency"} <= set(BUILT_IN)
+    assert {i.distribution for i in make_plugin_manager().infos} == {"pgx-example-linecount"}

@@ -8,6 +8,7 @@ import pytest
 from pgx_core import hookspecs
 from pgx_core.errors import PluginError
 from pgx_core.pluginmanager import make_plugin_manager
+from pgx_core.stage import StageRegistry
 from tests.support import pgx_teststage
 
 
@@ -95,13 +96,25 @@ def test_lifecycle_hooks_fire_in_order() -> None:
 def test_stages_declare_what_they_produce_and_the_core_resolves_it() -> None:
     from pgx_core.stage import Data
 
-    plugins = make_plugin_manager()
-    producers = plugins.registry.producers()
-    # Clean finds silver's checksums in impute's state, update-codes records its rewrites in clean's:
-    # neither names the other plugin's stage; the registry says who produces what.
-    assert producers["silver/pharmacy"] == "global_imputation" and producers["gold/medical"] == "clean_medical"
-    clean = plugins.registry.get("clean-medical")
-    assert clean is not None and Data("silver", "medical") in clean.consumes
+    class Produce(pgx_teststage.CopyTable):
+        type_name = "produce-silver"
+        produces = (Data("silver", "claims"),)
+
+    class Consume(pgx_teststage.CopyTable):
+        type_name = "consume-silver"
+        consumes = (Data("silver", "claims"),)
+
+    class Stages:
+        @hookspecs.hookimpl
+        def pgx_register_stages(self, registry: StageRegistry) -> None:
+            registry.register(Produce)
+            registry.register(Consume)
+
+    plugins = make_plugin_manager([("third-party", Stages())])
+    # The consumer never names the producer: the registry says who produces what (by script name).
+    assert plugins.registry.producers()["silver/claims"] == Produce.script_name
+    consumer = plugins.registry.get("consume-silver")
+    assert consumer is not None and Data("silver", "claims") in consumer.consumes
 
 
 def test_a_second_producer_of_the_same_data_is_refused() -> None:

@@ -4,7 +4,6 @@ import time
 from pathlib import Path
 
 import pytest
-from pgx_ingest import plugin as ingest_plugin
 
 from pgx_core.errors import SpecError
 from pgx_core.hookspecs import hookimpl
@@ -151,9 +150,7 @@ class NestedPlugin:
 
 @pytest.fixture
 def more_plugins() -> Plugins:
-    return make_plugin_manager(
-        [("teststage", pgx_teststage), ("nested", NestedPlugin()), ("ingest", ingest_plugin)], entrypoints=False
-    )
+    return make_plugin_manager([("teststage", pgx_teststage), ("nested", NestedPlugin())], entrypoints=False)
 
 
 def problems(exc: pytest.ExceptionInfo[SpecError]) -> dict[str, str]:
@@ -282,52 +279,6 @@ spec:
     assert parse_yaml(billion_laughs(levels=4), "x")["spec"]["stages"][0]["with"]["fail"][9][9][9][9] == "lolpayload"
 
 
-@pytest.mark.parametrize(
-    ("use", "key", "value"),
-    [
-        ("ingest", "delimiter", '"'),
-        ("ingest", "delimiter", "\n"),
-        ("ingest", "delimiter", "\u00a6"),
-        ("ingest", "encoding", "utf-16"),
-        ("ingest", "encoding", "shift_jis"),
-        ("ingest", "encoding", "rot13"),
-        ("ingest", "encoding", "idna"),
-        ("ingest", "encoding", "no-such-codec"),
-        ("reprocess", "delimiter", '"'),
-        ("reprocess", "encoding", "utf-16"),
-        ("reprocess", "encoding", "cp037"),
-        ("reprocess", "encoding", "rot13"),
-        ("reprocess", "encoding", "no-such-codec"),
-    ],
-)
-def test_ingest_and_reprocess_refuse_what_their_readers_cannot_read(
-    more_plugins: Plugins, use: str, key: str, value: str
-) -> None:
-    bad = doc(stages=[{"use": use, "with": {"dataType": "pharmacy", key: value}}])
-    with pytest.raises(SpecError) as err:
-        validate_document(bad, "x", more_plugins.registry)
-    assert set(problems(err)) == {f"spec.stages[0].with.{key}"}
-
-
-@pytest.mark.parametrize(
-    ("use", "key", "value"),
-    [
-        ("ingest", "delimiter", ","),
-        ("ingest", "delimiter", "\t"),
-        ("ingest", "encoding", "latin-1"),
-        ("ingest", "encoding", "utf-8"),
-        ("reprocess", "encoding", "latin-1"),
-        ("reprocess", "encoding", "shift_jis"),  # repair decodes a whole line before splitting it
-        ("reprocess", "delimiter", ";"),
-    ],
-)
-def test_ingest_and_reprocess_accept_what_their_readers_read(
-    more_plugins: Plugins, use: str, key: str, value: str
-) -> None:
-    ok = doc(stages=[{"use": use, "with": {"dataType": "pharmacy", key: value}}])
-    assert validate_document(ok, "x", more_plugins.registry).stages[0].use == use
-
-
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"  # noqa: S105 - a made-up key that must never be echoed
 
 
@@ -373,10 +324,10 @@ spec:
   s3: {{endpointUrl: "http://user:{SECRET}@minio:9000"}}
   executor: {{type: spark}}
   stages:
-    - use: ingest
-      with: &w {{dataType: pharmacy, input: "file:///data/raw/../../etc/", delimiter: '"'}}
-    - use: reprocess
-      with: {{dataType: medical, encoding: utf-16}}
+    - use: copy-table
+      with: {{input: "file:///data/raw/../../etc/", delaySec: slow}}
+    - use: nested-uris
+      with: {{sources: {{main: ["s3://b/../c"]}}}}
 """
     )
     with pytest.raises(SpecError) as err:
@@ -387,8 +338,8 @@ spec:
         "spec.s3.endpointUrl",
         "spec.executor.type",
         "spec.stages[0].with.input",
-        "spec.stages[0].with.delimiter",
-        "spec.stages[1].with.encoding",
+        "spec.stages[0].with.delaySec",
+        "spec.stages[1].with.sources.main[0]",
     }
     assert "filesystem root" in problems(err)["spec.lake"]
     assert SECRET not in str(err.value)
