@@ -1,4 +1,5 @@
-"""Reference parts of ``docs/runspec.md`` and ``docs/cli.md``, generated from the code so they cannot drift.
+"""Reference parts of ``docs/runspec.md``, ``docs/cli.md`` and ``docs/formats.md``, generated from
+the code so they cannot drift.
 
 The docs' prose is written by hand; only the blocks between ``<!-- BEGIN GENERATED: <name> -->``
 and ``<!-- END GENERATED: <name> -->`` come from here. In ``docs/runspec.md``: every key of the
@@ -6,8 +7,9 @@ and ``<!-- END GENERATED: <name> -->`` come from here. In ``docs/runspec.md``: e
 built-in stage (the stages that pgx's own distribution registers through its ``pgx.plugins`` entry
 points; third-party plugins document theirs). In ``docs/cli.md``: the global options and every
 sub-command of ``pgx`` with its arguments, read from the argparse parser built with the same
-built-in plugins only. ``tests/docs`` fails when a committed file differs from what this module
-generates. Regenerate both with::
+built-in plugins only. In ``docs/formats.md``: the lake layout, drawn by calling
+:mod:`pgx_core.lake.paths`, and the keys of ``state.json`` from its model. ``tests/docs`` fails
+when a committed file differs from what this module generates. Regenerate them all with::
 
     python -m pgx_core.cli.docgen --write
 
@@ -34,10 +36,13 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from pgx_core import clock
 from pgx_core.cli import build_parser
+from pgx_core.lake import paths
 from pgx_core.pluginmanager import Plugins, make_plugin_manager
 from pgx_core.spec.runspec import PipelineRun, StageParams
 from pgx_core.stage import Stage, StageRegistry
+from pgx_core.state import PipelineState
 
 DISTRIBUTION = "pgx"
 GROUP = "pgx.plugins"
@@ -173,6 +178,8 @@ def _constraints(info: FieldInfo) -> str:
 def _default(info: FieldInfo) -> str:
     if info.is_required():
         return "required"
+    if info.default_factory is clock.iso:
+        return "time of writing"
     value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
     if value is PydanticUndefined:
         return "required"
@@ -438,13 +445,64 @@ def cli_commands_section() -> str:
     return "\n\n".join(["\n".join(index)] + [_command_section(n, h, sub, common) for n, h, sub in commands])
 
 
+# --- the lake and its formats (docs/formats.md) ------------------------------------------------------
+
+# Placeholders the layout is drawn with: each path below is what pgx_core.lake.paths returns for them.
+LAKE, STATE, BACKUP, RUN = "<lake>", "<stateRoot>", "<backupRoot>", "<run_id>"
+_ENTITY = "<lake key>__<entity>"
+
+
+def _layout_rows() -> list[tuple[str, str, str]]:
+    """``(what, where, written by)`` of every kind of object pgx keeps."""
+    backup = paths.backup_prefix(BACKUP, "<stamp>")
+    icd, procedure, suggested = paths.target_code_objects(LAKE)
+    partition = ("<dataType>", "<band>", "<year>")
+    return [
+        ("raw extracts", paths.raw_prefix(LAKE, "<dataType>") + "<name>.txt", "you (`pgx sample` for synthetic ones)"),
+        ("bronze", paths.bronze_object(LAKE, "<dataType>", "<stem>"), "`ingest`"),
+        ("bronze, repaired", paths.bronze_repro_object(LAKE, "<dataType>", "<stem>"), "`reprocess`"),
+        ("rejected lines", paths.bronze_rejects_object(LAKE, "<dataType>", "<stem>"), "`ingest`, `reprocess`"),
+        ("silver", paths.silver_object(LAKE, *partition), "`impute`"),
+        ("silver quarantine", paths.silver_quarantine_object(LAKE, "<dataType>"), "`impute`"),
+        ("demographic profiles", paths.demographics_object(LAKE, "<year>"), "`impute`"),
+        ("gold", paths.gold_object(LAKE, *partition), "`clean-*`; rewritten in place by `update-codes`"),
+        ("ICD code frequencies", icd, "`target-frequency`"),
+        ("procedure code frequencies", procedure, "`target-frequency`"),
+        ("suggested code mappings", suggested, "`target-frequency`"),
+        ("run summaries", paths.summary_object(LAKE, "<script_name>", RUN), "every stage, every run"),
+        ("staged outputs", paths.staging_object(LAKE, RUN, f"{LAKE}/<key>"), "every stage; removed on promotion"),
+        ("a live run's lease", paths.run_lease_object(LAKE, RUN), "every run; removed last"),
+        ("entity state", paths.state_object(STATE, "<script_name>", _ENTITY), "every stage"),
+        ("entity lease", paths.lease_object(STATE, "<script_name>", _ENTITY), "while an entity is worked on"),
+        ("per-stage tracker", paths.tracker_object(STATE, "<script_name>"), "every stage"),
+        ("write probes", paths.probe_prefix(STATE, RUN), "every run; removed at once"),
+        ("backups", backup + "<key>", "promotion, before it replaces or removes `<lake>/<key>`"),
+        ("backup claim", paths.backup_claim_object(backup), "the first backup of a run"),
+    ]
+
+
+def layout_section() -> str:
+    lines = ["| what | where | written by |", "|---|---|---|"]
+    lines += [f"| {what} | `{where}` | {_cell(by)} |" for what, where, by in _layout_rows()]
+    return "\n".join(lines)
+
+
+def state_section() -> str:
+    return table(key_docs(PipelineState, {}))
+
+
 # --- documents --------------------------------------------------------------------------------------
 
 SECTIONS: dict[str, Section] = {"spec-keys": spec_section, "stage-params": stages_section}
+FORMAT_SECTIONS: dict[str, Section] = {"lake-layout": layout_section, "state-fields": state_section}
 CLI_SECTIONS: dict[str, Section] = {"cli-global": cli_global_section, "cli-commands": cli_commands_section}
 # The generated blocks of each document, by file name.
-DOCUMENTS: dict[str, dict[str, Section]] = {"runspec.md": SECTIONS, "cli.md": CLI_SECTIONS}
-DEFAULT_DOCS = ("docs/runspec.md", "docs/cli.md")
+DOCUMENTS: dict[str, dict[str, Section]] = {
+    "runspec.md": SECTIONS,
+    "cli.md": CLI_SECTIONS,
+    "formats.md": FORMAT_SECTIONS,
+}
+DEFAULT_DOCS = tuple(f"docs/{name}" for name in DOCUMENTS)
 _BLOCK = re.compile(
     r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.S
 )

@@ -32,20 +32,25 @@ _CAS_ATTEMPTS = 200
 class OutputRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    uri: str
-    checksum: str
-    rows: int
-    etag: str | None = None
+    uri: str = Field(description="The promoted object.")
+    checksum: str = Field(description="`sha256:<hex>` of the object's bytes as promoted.")
+    rows: int = Field(description="Rows in the object.")
+    etag: str | None = Field(default=None, description="The store's ETag of the object as promoted.")
     # Set by a later stage that rewrote the object in place (update-codes): the checksum it
     # consumed (= this record's checksum) and the one it produced, so resume accepts both.
-    rewritten_checksum: str | None = None
-    rewritten_etag: str | None = None
+    rewritten_checksum: str | None = Field(
+        default=None,
+        description="Checksum after a later stage rewrote the object in place (update-codes); resume accepts either.",
+    )
+    rewritten_etag: str | None = Field(default=None, description="ETag after that rewrite.")
 
 
 class Step(BaseModel):
-    step_name: str
-    completed_at: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    step_name: str = Field(description="The stage that completed the entity (its type name).")
+    completed_at: str = Field(description="UTC time, ISO 8601 with milliseconds.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form: the run id, the status, the backups made."
+    )
 
 
 class PipelineState(BaseModel):
@@ -53,19 +58,27 @@ class PipelineState(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    pipeline_name: str
-    entity_id: str
-    status: Status = "pending"
-    run_id: str | None = None
-    attempt: int = 0
-    input_fingerprint: str | None = None
-    config_fingerprint: str | None = None
-    outputs: list[OutputRecord] = Field(default_factory=list)
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    error: str | None = None
-    created_at: str = Field(default_factory=clock.iso)
-    updated_at: str = Field(default_factory=clock.iso)
-    completed_steps: list[Step] = Field(default_factory=list)
+    pipeline_name: str = Field(description="The stage's script name (the folder it lives in).")
+    entity_id: str = Field(description="`<lake key>__<entity>` (the folder name).")
+    status: Status = Field(default="pending", description="Where the entity stands.")
+    run_id: str | None = Field(default=None, description="The run that last wrote this state.")
+    attempt: int = Field(default=0, description="Attempts so far, over every run.")
+    input_fingerprint: str | None = Field(
+        default=None,
+        description="What the entity read when it completed (a checksum, an ETag or a combination of them).",
+    )
+    config_fingerprint: str | None = Field(
+        default=None,
+        description="The stage's parameters and version that shaped the output; a change makes the entity run again.",
+    )
+    outputs: list[OutputRecord] = Field(default_factory=list, description="Every object the entity promoted.")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form counts: rows in, out and quarantined, and the stage's stats."
+    )
+    error: str | None = Field(default=None, description="Why the last attempt failed (no data values), else null.")
+    created_at: str = Field(default_factory=clock.iso, description="UTC time the state was first written.")
+    updated_at: str = Field(default_factory=clock.iso, description="UTC time of the last write.")
+    completed_steps: list[Step] = Field(default_factory=list, description="One record per completion.")
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(indent=1).encode()
