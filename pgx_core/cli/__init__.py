@@ -198,6 +198,15 @@ def _hints(spec: str | None, runner: Any, code: int) -> list[str]:
     return [f"{rerun}  (resumes where this run stopped)"]
 
 
+def _termination_message(runner: Any, code: int) -> None:
+    """In a Kubernetes container: the result where the pod's status keeps it (pgx controller reads it)."""
+    from pgx_core.k8s import termination  # noqa: PLC0415
+    from pgx_core.lake import paths  # noqa: PLC0415
+
+    stages = [(t.name, t.totals) for t in runner.tallies]
+    termination.write(termination.message(runner.run_id, code, stages, paths.summaries_prefix(runner.run.lake)))
+
+
 def _execute(args: argparse.Namespace, make_runner: Callable[..., Any]) -> int:
     """Run with SIGTERM/SIGINT as a clean stop, progress on a terminal, and a closing report."""
     stop = threading.Event()
@@ -232,6 +241,8 @@ def _execute(args: argparse.Namespace, make_runner: Callable[..., Any]) -> int:
             for t in runner.tallies
         ],
     }
+
+    _termination_message(runner, code)
 
     def human() -> None:
         lines = [line for t in runner.tallies for line in _stage_lines(t)]
@@ -355,7 +366,7 @@ def _plugin_command(args: argparse.Namespace) -> int:
 def cmd_controller(args: argparse.Namespace) -> int:
     from pgx_core.k8s.controller import main as controller_main  # noqa: PLC0415
 
-    return controller_main(args.namespace, args.image)
+    return controller_main(args.namespace, args.image, args.metrics_port)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -522,6 +533,10 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     sp = add("controller", cmd_controller, "reconcile PipelineRun resources into ConfigMaps + Jobs (in a cluster)")
     sp.add_argument("--namespace", help="namespace to watch (default: the pod's own)")
     sp.add_argument("--image", help="image of the Jobs it creates (default: $PGX_IMAGE, else pgx:<version>)")
+    sp.add_argument(
+        "--metrics-port", type=int, default=8080, metavar="PORT",
+        help="port of /metrics, /healthz and /readyz (0: none)",
+    )  # fmt: skip
 
     sp = add("report", cmd_report, "HTML report of a run, built from its summaries only")
     sp.add_argument("target", metavar="RUN_ID_OR_SPEC", help="a run id, or a spec (its latest run)")

@@ -88,6 +88,10 @@ MEANINGS: dict[str, str] = {
     "rows); the rest wait for a later run (`pgx run --limit` overrides).",
     "spec.leaseTtlSeconds": "Lifetime of an entity lease (5-3600 s); renewed every third of it while the "
     "entity is worked on. An expired lease may be taken over by another run.",
+    "spec.onUpdate": "For `pgx controller`: what a new generation of a PipelineRun (its spec edited) does "
+    "while the previous generation's Job still runs: `wait` for it to end, or `cancel` it (the Job's pod is "
+    "stopped with SIGTERM and writes its summary). Never two Jobs of one PipelineRun at once. `pgx run` "
+    "ignores it, and it is not part of the spec fingerprint.",
     "spec.stages": "The stages to run, in order (at least one).",
     "spec.stages[].use": "Stage type, registered by a plugin (`pgx plugins` lists them).",
     "spec.stages[].name": "Name of the stage within the spec (unique; default: `use`). `pgx run --stage NAME` "

@@ -1,29 +1,39 @@
 """``pgx controller``: runs each generation of a ``PipelineRun`` custom resource as a Job.
 
-A small reconcile loop on the official ``kubernetes`` client:
+A reconcile loop on the official ``kubernetes`` client (kopf was considered: its peering needs
+cluster-wide CRDs and RBAC of its own, its test harness a real API server, and it would bring a
+second concurrency model into pgx; the loop below is what pgx needs and no more):
 
-- **Leader election**: a ``coordination.k8s.io/v1`` Lease (``holderIdentity``, ``renewTime``,
-  ``leaseDurationSeconds``); only the holder acts, an expired Lease is taken over with an
-  optimistic-concurrency replace (the ``resourceVersion`` it read), so two controllers never both act.
-- **Watches** of PipelineRuns and of the Jobs it made, each from the ``resourceVersion`` of a list;
-  a watch that expires (410 Gone) is answered by a fresh list. Every watch ends after
-  ``resync_seconds``, and every run that is not finished is reconciled again then.
-- **Reconcile** of one PipelineRun generation: validate the spec exactly as ``pgx validate`` does
-  (an invalid spec → ``phase: Failed, reason: InvalidSpec`` with the problems; no Job), choose a run
-  id (kept in ``.status`` before anything is created, so a restart reuses it), create the ConfigMap
-  and Job of ``pgx render`` (:func:`pgx_core.k8s.render.render_run`) named ``pgx-<run>-g<generation>``
-  and owned by the run (``ownerReferences`` with ``controller``/``blockOwnerDeletion``: deleting
-  the run deletes them), the Job getting ``PGX_RUN_ID``; an existing object (409) is fine. Then the
-  Job's state is mirrored into ``.status`` through the status subresource.
+- **Leader election**: a ``coordination.k8s.io/v1`` Lease; only the holder acts, an expired Lease
+  is taken over with an optimistic-concurrency replace, so two controllers never both act.
+- **Watches** of PipelineRuns and of the Jobs it made feed a **work queue** of run names
+  (:mod:`pgx_core.k8s.workqueue`): a name is queued once however many events name it, and a
+  reconcile that fails for any reason is retried after an exponential backoff with jitter. Every
+  ``resync_seconds`` every run is queued again; a running one every ``poll_seconds``.
+- **One writer per PipelineRun**: the Job of a generation is created only when no Job of an
+  earlier generation still runs. ``spec.onUpdate: wait`` (default) waits for it; ``cancel`` deletes
+  it first (foreground: its pod gets SIGTERM, pgx writes its summary and exits 75).
+- **Restart-safe**: the run id is kept in ``.status`` before anything is created, and the
+  ConfigMap and Job are named ``pgx-<run>-g<generation>``, so a controller restarted between any
+  two steps finds what the last one made (409 AlreadyExists is success) and makes nothing twice.
+- **Deletion**: a finalizer (``pgx.io/stop-jobs``) holds a deleted PipelineRun until its Jobs
+  are gone (each deleted in the foreground, so its pod stops cleanly); then the garbage collector
+  removes the ConfigMaps.
+- **Status**: ``observedGeneration``; ``conditions`` ``Accepted``, ``Running``, ``Succeeded``,
+  ``Failed``, ``Degraded`` (a run that failed some entities and did the rest); the phase; the
+  current stage and ``progress`` (stages begun of all) read from the pgx container's log while it
+  runs; entity counts from its termination message (:mod:`pgx_core.k8s.termination`). Every
+  transition and every error is also a Kubernetes Event on the PipelineRun.
+- **Operations**: Prometheus metrics, ``/healthz`` and ``/readyz`` (:mod:`pgx_core.k8s.metrics`).
 - **SIGTERM/SIGINT** set a stop event: watches end, the Lease is released, :func:`main` returns 0.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import queue
 import re
 import signal
 import socket
@@ -42,8 +52,11 @@ from kubernetes.client.exceptions import ApiException
 from pgx_core import clock
 from pgx_core.errors import SpecError, UsageError
 from pgx_core.exitcodes import ExitCode
+from pgx_core.k8s import termination
 from pgx_core.k8s.crd import GROUP, PLURAL, VERSION
+from pgx_core.k8s.metrics import Metrics, serve
 from pgx_core.k8s.render import CONTAINER, DEFAULT_IMAGE, DEFAULT_SERVICE_ACCOUNT, MAX_NAME, render_run
+from pgx_core.k8s.workqueue import WorkQueue, backoff
 from pgx_core.lake import paths
 from pgx_core.spec.runspec import API_VERSION, KIND, RunSpec, validate_document
 from pgx_core.stage import StageRegistry
@@ -54,10 +67,14 @@ _CONFIG: Any = config
 
 LEASE_NAME = "pgx-controller"
 MANAGED_BY = "pgx-controller"
+COMPONENT = "pgx-controller"
+FINALIZER = "pgx.io/stop-jobs"
 LABEL_RUN = "pgx.io/run-name"
 LABEL_GENERATION = "pgx.io/generation"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 TERMINAL = ("Succeeded", "Failed")
+CONDITIONS = ("Accepted", "Running", "Succeeded", "Failed", "Degraded")
+DEFAULT_METRICS_PORT = 8080
 # What a pgx exit code means, as (reason, message).
 EXIT_MEANING: dict[int, tuple[str, str]] = {
     int(ExitCode.OK): ("Succeeded", "everything planned is completed or was already completed"),
@@ -111,6 +128,107 @@ def _conflict_or_exists(exc: ApiException) -> bool:
 
 
 @dataclass
+class Observed:
+    """What the pgx container of a Job's latest pod says: exit code, termination document, stage."""
+
+    exit_code: int | None = None
+    result: dict[str, Any] | None = None
+    stage: str | None = None
+
+
+def _terminal(job: Mapping[str, Any]) -> str | None:
+    """``Complete`` or ``Failed`` when the Job has that condition, else None."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            return str(cond["type"])
+    return None
+
+
+def job_running(job: Mapping[str, Any]) -> bool:
+    """True while a Job may still write to the lake: not finished, being deleted, or with pods
+    still active or terminating after its end."""
+    st = job.get("status") or {}
+    if (job.get("metadata") or {}).get("deletionTimestamp"):
+        return True
+    return _terminal(job) is None or bool(st.get("active") or st.get("terminating"))
+
+
+def job_generation(job: Mapping[str, Any]) -> int:
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    try:
+        return int(labels.get(LABEL_GENERATION) or 0)
+    except ValueError:
+        return 0
+
+
+def conditions(
+    old: list[dict[str, Any]], wanted: Mapping[str, tuple[bool, str, str]], generation: int, now: str
+) -> list[dict[str, Any]]:
+    """Every condition type in :data:`CONDITIONS` order; ``lastTransitionTime`` moves only when
+    a condition's status changes."""
+    before = {c.get("type"): c for c in old}
+    out = []
+    for kind in CONDITIONS:
+        state, reason, message = wanted.get(kind, (False, "NotApplicable", ""))
+        status = "True" if state else "False"
+        prev = before.get(kind)
+        since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else now
+        out.append(
+            {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": since,
+                "observedGeneration": generation,
+            }
+        )
+    return out
+
+
+def stage_from_log(text: str) -> str | None:
+    """The stage of the last JSON log line of ``pgx run`` that names one."""
+    for line in reversed(text.splitlines()):
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("stage"), str):
+            return str(doc["stage"])
+    return None
+
+
+def _phase_conditions(phase: str, reason: str, message: str, degraded: bool) -> dict[str, tuple[bool, str, str]]:
+    """The conditions a phase implies: ``(status, reason, message)`` by type."""
+    invalid = reason == "InvalidSpec"
+    active = phase in ("Pending", "Waiting", "Running")
+
+    def only(when: bool, other: str) -> tuple[bool, str, str]:
+        return (True, reason, message) if when else (False, other, "")
+
+    return {
+        "Accepted": (False, reason, message) if invalid else (True, "SpecValid", "the spec is valid"),
+        "Running": (phase == "Running", reason, message) if active else (False, "Finished", ""),
+        "Succeeded": only(phase == "Succeeded", "NotSucceeded"),
+        "Failed": only(phase == "Failed", "NotFailed"),
+        "Degraded": (True, "PartlyDone", message) if degraded else (False, "NotDegraded", ""),
+    }
+
+
+def _degraded(phase: str, seen: Observed, result: Mapping[str, Any] | None) -> bool:
+    """A failed run that did part of its work: exit 3 (another run held some entities; the rest
+    was done), or exit 2 with entities completed or already done beside the failed ones."""
+    if phase != "Failed":
+        return False
+    if seen.exit_code == int(ExitCode.CONFLICT):
+        return True
+    totals = (result or {}).get("totals") or {}
+    return seen.exit_code == int(ExitCode.DATA) and bool(totals.get("completed") or totals.get("skipped"))
+
+
+@dataclass
 class Controller:
     """Reconciles the PipelineRuns of one namespace. ``api`` is a configured ``ApiClient``."""
 
@@ -123,7 +241,10 @@ class Controller:
     lease_name: str = LEASE_NAME
     lease_duration_seconds: int = 15
     resync_seconds: int = 30
+    poll_seconds: float = 15.0  # a running run's status (stage, progress) is refreshed this often
     new_run_id: Callable[[], str] = clock.new_run_id
+    queue: WorkQueue = field(default_factory=WorkQueue)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         if self.registry is None:
@@ -137,7 +258,6 @@ class Controller:
         self.batch: Any = client.BatchV1Api(self.api)
         self.coordination: Any = client.CoordinationV1Api(self.api)
         self.stop = threading.Event()
-        self._queue: queue.Queue[str] = queue.Queue()
         self._watch_threads: list[threading.Thread] = []
         self.leading = False
 
@@ -209,7 +329,7 @@ class Controller:
         except ApiException as exc:
             log.warning("could not release lease %s: %s", self.lease_name, exc.reason)
 
-    # ---------------------------------------------------------------- reconcile
+    # ---------------------------------------------------------------- reading
 
     def list_runs(self) -> tuple[list[dict[str, Any]], str]:
         result = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
@@ -224,10 +344,18 @@ class Controller:
             raise
         return obj
 
-    def reconcile_all(self) -> None:
-        runs, _ = self.list_runs()
-        for run in runs:
-            self.reconcile(run)
+    def jobs_of(self, run: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The Jobs this run owns, oldest generation first."""
+        listed = self._dict(
+            self.batch.list_namespaced_job(self.namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+        )
+        uid = run["metadata"].get("uid")
+        owned = [
+            j
+            for j in listed.get("items") or []
+            if any(r.get("uid") == uid for r in (j.get("metadata") or {}).get("ownerReferences") or [])
+        ]
+        return sorted(owned, key=job_generation)
 
     def validate(self, run: Mapping[str, Any]) -> RunSpec:
         """The run's spec validated as ``pgx validate`` does (raises SpecError)."""
@@ -239,14 +367,79 @@ class Controller:
         assert self.registry is not None
         return validate_document(doc, f"pipelinerun/{meta.get('name')}", self.registry)
 
+    def observe(self, job: Mapping[str, Any]) -> Observed:
+        """The pgx container of the Job's pods: the newest ended one's exit code and termination
+        message, and, while one runs, the stage its log names last."""
+        name = job["metadata"]["name"]
+        pods = self._dict(self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={name}"))
+        seen = Observed()
+        newest = ""
+        running: str | None = None
+        for pod in pods.get("items") or []:
+            if (pod.get("status") or {}).get("phase") == "Running":
+                running = pod["metadata"]["name"]
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                term = (cs.get("state") or {}).get("terminated")
+                if cs.get("name") != CONTAINER or not term or term.get("exitCode") is None:
+                    continue
+                finished = str(term.get("finishedAt") or "")
+                if finished >= newest:
+                    newest = finished
+                    seen.exit_code = int(term["exitCode"])
+                    seen.result = termination.parse(term.get("message"))
+        if running and _terminal(job) is None:
+            text = self.core.read_namespaced_pod_log(running, self.namespace, container=CONTAINER, tail_lines=200)
+            seen.stage = stage_from_log(text if isinstance(text, str) else "")
+        return seen
+
+    # ---------------------------------------------------------------- writing
+
     def _patch_status(self, run: Mapping[str, Any], status: dict[str, Any]) -> None:
         old = run.get("status") or {}
         if all(old.get(k) == v for k, v in status.items()):
             return  # nothing new: no write, no watch event
-        name = run["metadata"]["name"]
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.namespace, PLURAL, name, {"status": status}
+            GROUP, VERSION, self.namespace, PLURAL, run["metadata"]["name"], {"status": status}
         )
+
+    def _set_finalizers(self, run: Mapping[str, Any], finalizers: list[str]) -> dict[str, Any]:
+        """Replace the run's finalizers; the resourceVersion makes a concurrent change a 409 (retried)."""
+        meta = run["metadata"]
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
+        out: dict[str, Any] = self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, meta["name"], patch
+        )
+        return out
+
+    def event(self, run: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
+        """A Kubernetes Event on the run. Best effort: a failure is logged, never raised."""
+        meta = run["metadata"]
+        now = _rfc3339(_now())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": self.namespace,
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self.identity,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(self.namespace, body)
+        except Exception as exc:  # an event is a courtesy: its failure never stops a reconcile
+            log.warning("event %s for %s not recorded: %s", reason, meta["name"], _api_error(exc))
 
     def _owner(self, run: Mapping[str, Any]) -> dict[str, Any]:
         meta = run["metadata"]
@@ -267,14 +460,18 @@ class Controller:
         config_map, job = render_run(
             spec, image=self.image, namespace=self.namespace, service_account=self.service_account
         )
+        labels = {
+            LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_RUN: meta["name"],
+            LABEL_GENERATION: str(generation),
+            "app.kubernetes.io/instance": name,
+        }
         for obj in (config_map, job):
             obj["metadata"]["name"] = name
-            obj["metadata"]["labels"].update(
-                {LABEL_MANAGED_BY: MANAGED_BY, LABEL_GENERATION: str(generation), "app.kubernetes.io/instance": name}
-            )
+            obj["metadata"]["labels"].update(labels)
             obj["metadata"]["ownerReferences"] = [self._owner(run)]
         pod = job["spec"]["template"]
-        pod["metadata"]["labels"].update({LABEL_GENERATION: str(generation), "app.kubernetes.io/instance": name})
+        pod["metadata"]["labels"].update({k: v for k, v in labels.items() if k != LABEL_MANAGED_BY})
         for volume in pod["spec"]["volumes"]:
             if "configMap" in volume:
                 volume["configMap"]["name"] = name
@@ -283,11 +480,168 @@ class Controller:
                 container["env"].append({"name": clock.RUN_ID_ENV, "value": run_id})
         return [config_map, job]
 
-    def _summaries(self, spec: RunSpec, run_id: str) -> list[dict[str, str]]:
-        return [
-            {"stage": st.name, "location": paths.summary_object(spec.spec.lake, st.stage_cls.script_name, run_id)}
-            for st in spec.stages
-        ]
+    def _create(self, obj: dict[str, Any]) -> None:
+        try:
+            if obj["kind"] == "ConfigMap":
+                self.core.create_namespaced_config_map(self.namespace, obj)
+            else:
+                self.batch.create_namespaced_job(self.namespace, obj)
+            log.info("created %s %s/%s", obj["kind"], self.namespace, obj["metadata"]["name"])
+        except ApiException as exc:
+            if not _conflict_or_exists(exc):
+                raise
+
+    def _delete_job(self, job: Mapping[str, Any]) -> None:
+        """Delete a Job in the foreground: it stays until its pods are gone (each gets SIGTERM and
+        its grace period: pgx releases its leases, writes its summary and exits 75)."""
+        try:
+            self.batch.delete_namespaced_job(job["metadata"]["name"], self.namespace, propagation_policy="Foreground")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # ---------------------------------------------------------------- reconcile
+
+    def reconcile(self, run: Mapping[str, Any]) -> float | None:
+        """Bring one PipelineRun's Job and status in line with its current generation; returns
+        when to look again (seconds) while something is still moving, else None."""
+        meta = run["metadata"]
+        if meta.get("deletionTimestamp"):
+            return self._finalize(run)
+        if FINALIZER not in (meta.get("finalizers") or []):
+            run = self._set_finalizers(run, [*(meta.get("finalizers") or []), FINALIZER])
+        generation = int(run["metadata"].get("generation") or 1)
+        try:
+            spec = self.validate(run)
+        except SpecError as err:
+            problems = [p.render(err.source) for p in err.problems]
+            message = f"invalid run spec: {len(problems)} problem(s); no Job was made"
+            self._set_phase(run, {"observedGeneration": generation, "problems": problems}, "Failed", "InvalidSpec",
+                            message)  # fmt: skip
+            return None
+        jobs = self.jobs_of(run)
+        name = child_name(run["metadata"]["name"], generation)
+        mine = next((j for j in jobs if j["metadata"]["name"] == name), None)
+        if mine is None:
+            earlier = [j for j in jobs if job_running(j)]
+            if earlier:
+                return self._wait_for(run, spec, generation, earlier)
+            mine = self._start(run, spec, generation, name)
+            if mine is None:
+                return None  # finished earlier, its Job since removed (ttlSecondsAfterFinished)
+        return self._follow(run, spec, generation, mine)
+
+    def _run_id(self, run: Mapping[str, Any], generation: int, job: Mapping[str, Any] | None) -> str:
+        status = run.get("status") or {}
+        same = status.get("observedGeneration") == generation
+        return (job and self._job_run_id(job)) or (status.get("runId") if same else None) or self.new_run_id()
+
+    def _base(self, spec: RunSpec, generation: int, name: str, run_id: str) -> dict[str, Any]:
+        return {
+            "observedGeneration": generation,
+            "runId": run_id,
+            "jobName": name,
+            "configMapName": name,
+            "summaries": [
+                {"stage": st.name, "location": paths.summary_object(spec.spec.lake, st.stage_cls.script_name, run_id)}
+                for st in spec.stages
+            ],
+            "problems": [],
+        }
+
+    def _wait_for(self, run: Mapping[str, Any], spec: RunSpec, generation: int, earlier: list[dict[str, Any]]) -> float:
+        """A new generation while an earlier one's Job runs: wait, or cancel it (``spec.onUpdate``)."""
+        names = ", ".join(j["metadata"]["name"] for j in earlier)
+        if spec.spec.on_update == "cancel":
+            for job in earlier:
+                if not (job.get("metadata") or {}).get("deletionTimestamp"):
+                    self._delete_job(job)
+                    self.event(run, "Cancelling", f"stopping Job {job['metadata']['name']} for generation {generation}")
+            reason, message = "CancellingPreviousRun", f"generation {generation} starts once Job {names} has stopped"
+        else:
+            reason, message = "WaitingForPreviousRun", f"generation {generation} starts when Job {names} ends"
+        status = {"observedGeneration": generation, "problems": [], "currentStage": None, "progress": None}
+        self._set_phase(run, status, "Waiting", reason, message)
+        return min(self.poll_seconds, 5.0)
+
+    def _start(self, run: Mapping[str, Any], spec: RunSpec, generation: int, name: str) -> dict[str, Any] | None:
+        status = run.get("status") or {}
+        if status.get("observedGeneration") == generation and status.get("phase") in TERMINAL:
+            return None
+        run_id = self._run_id(run, generation, None)
+        # The run id goes into the status first: a controller restarted after this reuses it.
+        pending = {**self._base(spec, generation, name, run_id), "currentStage": None, "progress": None}
+        self._set_phase(run, pending, "Pending", "Creating", "creating the Job")
+        for obj in self.desired_objects(run, spec, run_id):
+            self._create(obj)
+        self.event(run, "JobCreated", f"created Job {name} for generation {generation} (run {run_id})")
+        return self._read_job(name)
+
+    def _follow(self, run: Mapping[str, Any], spec: RunSpec, generation: int, job: dict[str, Any]) -> float | None:
+        name = job["metadata"]["name"]
+        run_id = self._run_id(run, generation, job)
+        seen = self.observe(job)
+        phase, reason, message, extra = self.job_phase(job, seen)
+        stages = [st.name for st in spec.stages]
+        result = seen.result if seen.result and seen.result.get("runId") == run_id else None
+        stage = (result or {}).get("lastStage") or seen.stage or (run.get("status") or {}).get("currentStage")
+        if phase == "Succeeded":
+            stage = stages[-1]
+        begun = stages.index(stage) + 1 if stage in stages else 0  # stages begun, the current one included
+        status = {
+            **self._base(spec, generation, name, run_id),
+            **extra,
+            "currentStage": stage,
+            "progress": f"{begun}/{len(stages)}" if begun else None,
+            "entities": (result or {}).get("totals"),
+        }
+        self._set_phase(run, status, phase, reason, message, degraded=_degraded(phase, seen, result))
+        return None if phase in TERMINAL else self.poll_seconds
+
+    def _set_phase(
+        self, run: Mapping[str, Any], status: dict[str, Any], phase: str, reason: str, message: str,
+        *, degraded: bool = False,
+    ) -> None:  # fmt: skip
+        """Write the status with its phase and conditions; an Event (and the duration metric)
+        for every change of phase or reason."""
+        old = run.get("status") or {}
+        generation = int(status.get("observedGeneration") or 0)
+        wanted = _phase_conditions(phase, reason, message, degraded)
+        now = _rfc3339(_now()) or ""
+        new = {
+            **status,
+            "phase": phase,
+            "reason": reason,
+            "message": message,
+            "conditions": conditions(list(old.get("conditions") or []), wanted, generation, now),
+        }
+        if all(old.get(k) == v for k, v in new.items()):
+            return  # nothing new (conditions keep their transition times): no write, no event
+        self._patch_status(run, new)
+        changed = (old.get("phase"), old.get("reason"), old.get("observedGeneration")) != (phase, reason, generation)
+        if changed and reason != "Creating":  # the JobCreated event follows at once
+            warning = phase == "Failed"
+            self.event(run, reason, f"{phase}: {message}", warning=warning)
+            if phase in TERMINAL and status.get("startTime") and status.get("completionTime"):
+                began, ended = _parse_time(status["startTime"]), _parse_time(status["completionTime"])
+                if began and ended:
+                    self.metrics.run_duration.labels(phase).observe((ended - began).total_seconds())
+
+    def _finalize(self, run: Mapping[str, Any]) -> float | None:
+        """A deleted run: stop its Jobs, then let it go (remove the finalizer)."""
+        finalizers = list(run["metadata"].get("finalizers") or [])
+        if FINALIZER not in finalizers:
+            return None
+        jobs = self.jobs_of(run)
+        for job in jobs:
+            if not job["metadata"].get("deletionTimestamp"):
+                self._delete_job(job)
+                self.event(run, "Stopping", f"PipelineRun deleted: stopping Job {job['metadata']['name']}")
+        if jobs:
+            return 2.0  # the Jobs' pods are stopping; the Job watch also wakes this up
+        self._set_finalizers(run, [f for f in finalizers if f != FINALIZER])
+        log.info("PipelineRun %s/%s released: its Jobs have ended", self.namespace, run["metadata"]["name"])
+        return None
 
     def _read_job(self, name: str) -> dict[str, Any] | None:
         try:
@@ -305,145 +659,69 @@ class Controller:
                     return str(env.get("value"))
         return None
 
-    def _pod_exit_code(self, job_name: str) -> int | None:
-        """The pgx container's exit code in the Job's most recently finished pod."""
-        pods = self._dict(self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={job_name}"))
-        best: tuple[str, int] | None = None
-        for pod in pods.get("items") or []:
-            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                term = (cs.get("state") or {}).get("terminated")
-                if cs.get("name") == CONTAINER and term and term.get("exitCode") is not None:
-                    key = (str(term.get("finishedAt") or ""), int(term["exitCode"]))
-                    best = key if best is None or key[0] >= best[0] else best
-        return None if best is None else best[1]
-
-    def job_status(self, job: Mapping[str, Any]) -> dict[str, Any]:
-        """Phase, reason, message, exit code and times of a Job, in PipelineRun ``.status`` terms."""
+    def job_phase(self, job: Mapping[str, Any], seen: Observed) -> tuple[str, str, str, dict[str, Any]]:
+        """``(phase, reason, message, times and exit code)`` of a Job."""
         st = job.get("status") or {}
-        conditions = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "True"}
-        out: dict[str, Any] = {"startTime": _rfc3339(st.get("startTime"))}
-        if "Complete" in conditions:
+        conds = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "True"}
+        extra: dict[str, Any] = {"startTime": _rfc3339(st.get("startTime")), "exitCode": None, "completionTime": None}
+        if "Complete" in conds:
             reason, message = EXIT_MEANING[0]
-            out.update(phase="Succeeded", reason=reason, message=message, exitCode=0)
-            out["completionTime"] = _rfc3339(
-                st.get("completionTime") or conditions["Complete"].get("lastTransitionTime")
-            )
-        elif "Failed" in conditions:
-            cond = conditions["Failed"]
+            extra.update(exitCode=0, completionTime=_rfc3339(st.get("completionTime") or conds["Complete"].get(
+                "lastTransitionTime")))  # fmt: skip
+            return "Succeeded", reason, message, extra
+        if "Failed" in conds:
+            cond = conds["Failed"]
             found = _EXIT_IN_MESSAGE.search(str(cond.get("message") or ""))
-            code = int(found.group(1)) if found else self._pod_exit_code(job["metadata"]["name"])
+            code = int(found.group(1)) if found else seen.exit_code
             if code is not None and code in EXIT_MEANING:
                 reason, meaning = EXIT_MEANING[code]
                 message = f"pgx exited with {code}: {meaning}"
             else:
                 reason = str(cond.get("reason") or "JobFailed")
                 message = str(cond.get("message") or "the Job failed")
-            out.update(phase="Failed", reason=reason, message=message, exitCode=code)
-            out["completionTime"] = _rfc3339(cond.get("lastTransitionTime"))
-        elif st.get("active") or st.get("startTime"):
-            out.update(phase="Running", reason="JobRunning", message="the Job's pod is running")
-        else:
-            out.update(phase="Pending", reason="JobCreated", message="waiting for the Job to start")
-        return out
-
-    def reconcile(self, run: Mapping[str, Any]) -> None:
-        """Bring one PipelineRun's Job and status in line with its current generation."""
-        meta = run["metadata"]
-        if meta.get("deletionTimestamp"):
-            return  # the garbage collector removes the owned objects
-        generation = int(meta.get("generation") or 1)
-        status = dict(run.get("status") or {})
-        same_generation = status.get("observedGeneration") == generation
-        try:
-            spec = self.validate(run)
-        except SpecError as err:
-            self._patch_status(
-                run,
-                {
-                    "observedGeneration": generation,
-                    "phase": "Failed",
-                    "reason": "InvalidSpec",
-                    "message": f"invalid run spec: {len(err.problems)} problem(s); no Job was made",
-                    "problems": [p.render(err.source) for p in err.problems],
-                },
-            )
-            return
-        name = child_name(meta["name"], generation)
-        job = self._read_job(name)
-        run_id = (job and self._job_run_id(job)) or (status.get("runId") if same_generation else None)
-        if not run_id:
-            run_id = self.new_run_id()
-        base = {
-            "observedGeneration": generation,
-            "runId": run_id,
-            "jobName": name,
-            "configMapName": name,
-            "summaries": self._summaries(spec, run_id),
-            "problems": [],
-        }
-        if job is None:
-            if same_generation and status.get("phase") in TERMINAL and status.get("runId") == run_id:
-                return  # finished and its Job already gone (ttlSecondsAfterFinished)
-            # Record the run id first: a controller restarted between here and the Job reuses it.
-            pending = {**base, "phase": "Pending", "reason": "Creating", "message": "creating the Job"}
-            self._patch_status(run, pending)
-            status.update(pending)
-            for obj in self.desired_objects(run, spec, run_id):
-                self._create(obj)
-            job = self._read_job(name)
-            if job is None:
-                return
-        self._patch_status({**run, "status": status}, {**base, **self.job_status(job)})
-
-    def _create(self, obj: dict[str, Any]) -> None:
-        try:
-            if obj["kind"] == "ConfigMap":
-                self.core.create_namespaced_config_map(self.namespace, obj)
-            else:
-                self.batch.create_namespaced_job(self.namespace, obj)
-            log.info("created %s %s/%s", obj["kind"], self.namespace, obj["metadata"]["name"])
-        except ApiException as exc:
-            if not _conflict_or_exists(exc):
-                raise
+            extra.update(exitCode=code, completionTime=_rfc3339(cond.get("lastTransitionTime")))
+            return "Failed", reason, message, extra
+        if st.get("active") or st.get("startTime"):
+            return "Running", "JobRunning", "the Job's pod is running", extra
+        return "Pending", "JobPending", "waiting for the Job's pod to start", extra
 
     # ---------------------------------------------------------------- loops
 
     def _watch(self, list_func: Callable[..., Any], key: Callable[[dict[str, Any]], str | None], **kw: Any) -> None:
-        """List, queue every object, then watch from the list's resourceVersion; 410 → list again."""
+        """List, queue every object, then watch from the list's resourceVersion; 410 → list again.
+        A failed list or watch is tried again after a backoff with jitter."""
         resource_version = ""
+        failures = 0
         while not self.stop.is_set():
             try:
                 if not resource_version:
                     listed = self._dict(list_func(**kw))
                     resource_version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
                     for item in listed.get("items") or []:
-                        k = key(item)
-                        if k:
-                            self._queue.put(k)
+                        if k := key(item):
+                            self.queue.add(k)
                 w: Any = _WATCH.Watch()
                 for event in w.stream(
                     list_func, resource_version=resource_version, timeout_seconds=self.resync_seconds, **kw
                 ):
+                    failures = 0
                     obj = event["raw_object"]
                     resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
-                    k = key(obj)
-                    if k:
-                        self._queue.put(k)
+                    if k := key(obj):
+                        self.queue.add(k)
                     if self.stop.is_set():
                         w.stop()
                         break
-            except ApiException as exc:
-                if exc.status == 410:
+            except Exception as exc:
+                resource_version = ""
+                if isinstance(exc, ApiException) and exc.status == 410:
                     log.info("watch expired (410 Gone): listing again")
-                    resource_version = ""
                     continue
-                log.warning("watch failed: %s %s; retrying", exc.status, exc.reason)
-                resource_version = ""
-                self.stop.wait(1.0)
-            except Exception as exc:  # network errors: retry after a pause
-                log.warning("watch failed: %s; retrying", exc)
-                resource_version = ""
-                self.stop.wait(1.0)
+                failures += 1
+                self._count_error(exc)
+                delay = backoff(failures, self.queue.base, 30.0)
+                log.warning("watch failed: %s; retrying in %.1f s", _api_error(exc), delay)
+                self.stop.wait(delay)
 
     def _start_watches(self) -> None:
         def run_key(obj: dict[str, Any]) -> str | None:
@@ -467,21 +745,70 @@ class Controller:
             t.start()
             self._watch_threads.append(t)
 
+    def _count_error(self, exc: BaseException) -> None:
+        code = exc.status if isinstance(exc, ApiException) else 0
+        self.metrics.api_errors.labels(str(code or 0)).inc()
+
+    def _lease_held(self, leading: bool, last_renewed: float) -> tuple[bool, float]:
+        """``(held, when last renewed)``. A failed renewal keeps a leader leading for half the
+        Lease's duration (nobody may take it before it expires), then it stands by."""
+        now = time.monotonic()
+        try:
+            held = self.try_acquire()
+        except Exception as exc:
+            self._count_error(exc)
+            self.metrics.api_ok = False
+            log.warning("lease check failed: %s", _api_error(exc))
+            return leading and now - last_renewed < self.lease_duration_seconds / 2, last_renewed
+        self.metrics.api_ok = True
+        return held, now if held else last_renewed
+
+    def _resync(self) -> None:
+        """Queue every run again (a missed event is never lost for longer than a resync)."""
+        try:
+            runs, _ = self.list_runs()
+        except Exception as exc:
+            self._count_error(exc)
+            log.warning("resync failed: %s; the watches go on", _api_error(exc))
+            return
+        for run in runs:
+            self.queue.add(run["metadata"]["name"])
+        self.metrics.count_phases(str((r.get("status") or {}).get("phase") or "Pending") for r in runs)
+
+    def process(self, name: str) -> None:
+        """Reconcile the run ``name`` once; any failure queues it again after its backoff."""
+        run: dict[str, Any] | None = None
+        try:
+            run = self.get_run(name)
+            after = self.reconcile(run) if run is not None else None
+        except Exception as exc:
+            delay = self.queue.retry(name)
+            self.metrics.reconciles.labels("error").inc()
+            self._count_error(exc)
+            api = isinstance(exc, ApiException) or type(exc).__module__.startswith("urllib3")
+            (log.warning if api else log.exception)(
+                "reconcile of %s failed: %s; retrying in %.2f s", name, _api_error(exc), delay
+            )
+            if run is not None and self.queue.failures(name) == 1:  # once per streak of failures
+                self.event(run, "ReconcileError", f"{_api_error(exc)}; retrying with backoff", warning=True)
+        else:
+            self.queue.forget(name)
+            self.metrics.reconciles.labels("success").inc()
+            if after is not None:
+                self.queue.add(name, after)
+        finally:
+            self.queue.done(name)
+
     def run(self) -> None:
         """Until :attr:`stop` is set: hold the Lease, and while holding it reconcile what changes."""
         leading = False
-        next_renew = 0.0
-        next_resync = 0.0
+        renewed = next_renew = next_resync = 0.0
         renew_every = max(1.0, self.lease_duration_seconds / 3)
         try:
             while not self.stop.is_set():
-                now = time.monotonic()
+                now = self.metrics.beat = time.monotonic()
                 if now >= next_renew:
-                    try:
-                        held = self.try_acquire()
-                    except ApiException as exc:
-                        log.warning("lease check failed: %s", exc.reason)
-                        held = False
+                    held, renewed = self._lease_held(leading, renewed)
                     if held and not leading:
                         log.info("%s leads (lease %s/%s)", self.identity, self.namespace, self.lease_name)
                         if not self._watch_threads:
@@ -490,29 +817,29 @@ class Controller:
                     if leading and not held:
                         log.warning("%s lost the lease: standing by", self.identity)
                     leading = self.leading = held
+                    self.metrics.leader.set(int(held))
                     next_renew = now + renew_every
                 if not leading:
                     self.stop.wait(min(renew_every, 1.0))
                     continue
                 if now >= next_resync:
-                    self._safe(self.reconcile_all)
+                    self._resync()
                     next_resync = now + self.resync_seconds
-                try:
-                    name = self._queue.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                run = self.get_run(name)
-                if run is not None:
-                    self._safe(lambda r=run: self.reconcile(r))  # type: ignore[misc]
+                self.metrics.queue_depth.set(self.queue.depth())
+                name = self.queue.get(timeout=0.2)
+                if name is not None:
+                    self.process(name)
         finally:
+            self.metrics.leader.set(0)
             if leading:
                 self.release()
 
-    def _safe(self, fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except ApiException as exc:
-            log.warning("reconcile failed: %s %s (retried on the next event or resync)", exc.status, exc.reason)
+
+def _api_error(exc: BaseException) -> str:
+    """What failed, in words safe for logs and events: an HTTP status and reason, or an error class."""
+    if isinstance(exc, ApiException):
+        return f"API error {exc.status} {exc.reason}"
+    return type(exc).__name__
 
 
 def _load_config() -> None:
@@ -537,11 +864,12 @@ def _current_namespace() -> str:
         return os.environ.get("POD_NAMESPACE", "default")
 
 
-def main(namespace: str | None = None, image: str | None = None) -> int:
-    """Entry of ``pgx controller [--namespace NS] [--image IMG]``; returns the exit code.
+def main(namespace: str | None = None, image: str | None = None, metrics_port: int = DEFAULT_METRICS_PORT) -> int:
+    """Entry of ``pgx controller [--namespace NS] [--image IMG] [--metrics-port N]``; returns the exit code.
 
     Configuration: in-cluster (ServiceAccount) or ``~/.kube/config``. Namespace default: the pod's
     own namespace (or ``POD_NAMESPACE``); image default: ``PGX_IMAGE`` or ``pgx:<version>``.
+    ``/metrics``, ``/healthz`` and ``/readyz`` are served on ``metrics_port`` (0: none).
     SIGTERM and SIGINT stop it cleanly (the Lease is released) with exit 0.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -558,5 +886,10 @@ def main(namespace: str | None = None, image: str | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    ctl.run()
+    server = serve(ctl.metrics, metrics_port) if metrics_port else None
+    try:
+        ctl.run()
+    finally:
+        if server is not None:
+            server.shutdown()
     return 0

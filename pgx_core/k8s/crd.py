@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pgx_core.k8s.termination import COUNTS
 from pgx_core.spec.runspec import API_VERSION, KIND, Spec
 
 GROUP, VERSION = API_VERSION.split("/")
@@ -24,7 +25,8 @@ PLURAL = "pipelineruns"
 SINGULAR = "pipelinerun"
 SHORT_NAMES = ["pgxrun"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
-PHASES = ("Pending", "Running", "Succeeded", "Failed")
+# Waiting: a new generation waits for the Job of an earlier one to end (or to be cancelled).
+PHASES = ("Pending", "Waiting", "Running", "Succeeded", "Failed")
 
 # JSON-schema keywords Kubernetes' JSONSchemaProps accepts and that mean the same there.
 _KEEP = (
@@ -114,7 +116,32 @@ def status_schema() -> dict[str, Any]:
             "problems": {"type": "array", "items": s, "description": "Validation problems (reason InvalidSpec)."},
             "observedGeneration": {"type": "integer", "format": "int64"},
             "runId": {**s, "description": "The pgx run id (PGX_RUN_ID of the Job)."},
-            "currentStage": s,
+            "currentStage": {**s, "nullable": True, "description": "The stage the run is working on (or ended in)."},
+            "progress": {**s, "nullable": True, "description": "Stages begun of all stages, e.g. 3/8."},
+            "entities": {
+                "type": "object",
+                "nullable": True,
+                "description": "Entity totals over every stage, from the pgx container's termination message.",
+                "properties": {k: {"type": "integer"} for k in COUNTS},
+            },
+            "conditions": {
+                "type": "array",
+                "description": "Accepted, Running, Succeeded, Failed and Degraded, as Kubernetes conditions.",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": {
+                    "type": "object",
+                    "required": ["type", "status"],
+                    "properties": {
+                        "type": s,
+                        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                        "reason": s,
+                        "message": s,
+                        "lastTransitionTime": {"type": "string", "format": "date-time"},
+                        "observedGeneration": {"type": "integer", "format": "int64"},
+                    },
+                },
+            },
             "jobName": s,
             "configMapName": s,
             "exitCode": {"type": "integer", "nullable": True},
@@ -178,7 +205,9 @@ def crd_manifest() -> dict[str, Any]:
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
-                        {"name": "Run ID", "type": "string", "jsonPath": ".status.runId"},
+                        {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+                        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+                        {"name": "Run ID", "type": "string", "jsonPath": ".status.runId", "priority": 1},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": schema},

@@ -184,6 +184,9 @@ class Spec(CamelModel):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     limit: int | None = Field(default=None, ge=1)
     lease_ttl_seconds: int = Field(default=60, ge=5, le=3600)
+    # pgx controller only: what a new generation of a PipelineRun does while the previous one's
+    # Job still runs. Not part of the fingerprint: it does not change what the run computes.
+    on_update: Literal["wait", "cancel"] = "wait"
     stages: list[StageSpec] = Field(min_length=1)
 
     @field_validator("lake")
@@ -249,7 +252,9 @@ class RunSpec:
 
     def canonical(self) -> dict[str, Any]:
         """Defaults filled, stage parameters normalized by their models; keys sorted when dumped."""
-        data = self.doc.model_dump(by_alias=True, mode="json", exclude={"metadata": {"labels", "annotations"}})
+        data = self.doc.model_dump(
+            by_alias=True, mode="json", exclude={"metadata": {"labels", "annotations"}, "spec": {"on_update"}}
+        )
         for st in self.stages:
             data["spec"]["stages"][st.index]["with"] = st.params.model_dump(by_alias=True, mode="json")
             data["spec"]["stages"][st.index]["name"] = st.name

@@ -18,6 +18,7 @@ JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
 CMS = f"/api/v1/namespaces/{NS}/configmaps"
 PODS = f"/api/v1/namespaces/{NS}/pods"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+EVENTS = f"/api/v1/namespaces/{NS}/events"
 
 
 def pipelinerun(name: str = "example", **spec: Any) -> dict[str, Any]:
@@ -28,6 +29,23 @@ def pipelinerun(name: str = "example", **spec: Any) -> dict[str, Any]:
     }
     body.update(spec)
     return {"apiVersion": "pgx.io/v1alpha1", "kind": "PipelineRun", "metadata": {"name": name}, "spec": body}
+
+
+def running_pod(job: str, job_uid: str) -> dict[str, Any]:
+    """The running pod of a Job, owned by it. Its finalizer stands for pgx still stopping: a
+    delete marks it, and it goes when the test removes the finalizer."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{job}-pod",
+            "labels": {"job-name": job},
+            "finalizers": ["pgx-test/stopping"],
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": job_uid}],
+        },
+        "spec": {"containers": [{"name": "pgx", "image": "pgx"}]},
+        "status": {"phase": "Running"},
+    }
 
 
 @pytest.fixture

@@ -6,6 +6,14 @@ compacted version), create (409 AlreadyExists), get (404), replace with optimist
 (409 Conflict on a stale resourceVersion), JSON merge patch of the object or of its ``status``
 subresource (a spec change bumps ``metadata.generation``), delete with background garbage
 collection of the objects whose ownerReferences name the deleted uid.
+
+Also, as the API server does it: ``generateName``; finalizers (a delete only sets
+``deletionTimestamp`` while any remain, and the object goes when the last is removed); foreground
+deletion (``propagationPolicy: Foreground``: the owner stays, marked, until its dependents are
+gone); pod logs (``pods/<name>/log`` serves :attr:`FakeKube.logs`). For the tests: injected
+failures (:meth:`FakeKube.fail`: answer N matching requests with an error) and lost responses
+(:meth:`FakeKube.cut_after`: apply a write, then close the connection without answering, as a
+controller killed mid-call would see it).
 """
 
 from __future__ import annotations
@@ -56,6 +64,9 @@ class FakeKube:
         self.requests: list[tuple[str, str]] = []
         self.stopping = False
         self.gone = 0  # watches answered with 410 Gone
+        self.logs: dict[str, str] = {}  # pod name → its log text
+        self.faults: list[list[Any]] = []  # [method, path part, times left, status]
+        self.cuts: list[tuple[str, str]] = []  # (method, path part): apply, then drop the connection
         self.epoch = 0  # bumped by compact(): open watch streams end, as on an API server restart
         handler = type("Handler", (_Handler,), {"kube": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -77,6 +88,34 @@ class FakeKube:
         self.server.shutdown()
         self.server.server_close()
 
+    # -- injected failures ------------------------------------------------------------------
+
+    def fail(self, method: str, path_part: str, times: int, status: int = 503) -> None:
+        """Answer the next ``times`` requests of ``method`` whose path contains ``path_part`` with ``status``."""
+        with self.cond:
+            self.faults.append([method, path_part, times, status])
+
+    def cut_after(self, method: str, path_part: str) -> None:
+        """Apply the next matching write, then close the connection without a response."""
+        with self.cond:
+            self.cuts.append((method, path_part))
+
+    def _fault(self, method: str, path: str) -> int | None:
+        with self.cond:
+            for fault in self.faults:
+                if fault[0] == method and fault[1] in path and fault[2] > 0:
+                    fault[2] -= 1
+                    return int(fault[3])
+        return None
+
+    def _cut(self, method: str, path: str) -> bool:
+        with self.cond:
+            for i, (m, part) in enumerate(self.cuts):
+                if m == method and part in path:
+                    del self.cuts[i]
+                    return True
+        return False
+
     # -- storage ------------------------------------------------------------------------------
 
     def _bump(self, collection: str, kind: str, obj: Obj) -> None:
@@ -89,6 +128,8 @@ class FakeKube:
         with self.cond:
             obj = copy.deepcopy(obj)
             meta = obj.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             key = (collection, meta.get("name", ""))
             if key in self.objects:
                 return 409, _status(409, "AlreadyExists", f"{meta.get('name')} already exists")
@@ -135,22 +176,56 @@ class FakeKube:
                 new = merge_patch(old, {k: v for k, v in patch.items() if k != "status"})
                 if new.get("spec") != old.get("spec"):
                     new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+            sent = (patch.get("metadata") or {}).get("resourceVersion")
+            if sent and sent != old["metadata"]["resourceVersion"]:
+                return 409, _status(409, "Conflict", "the object has been modified")
             self.objects[(collection, name)] = new
             self._bump(collection, "MODIFIED", new)
+            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+                self._remove(collection, name)
             return 200, copy.deepcopy(new)
 
-    def delete(self, collection: str, name: str) -> tuple[int, Obj]:
+    def _dependents(self, uid: str) -> list[tuple[str, str]]:
+        return [
+            key
+            for key, other in self.objects.items()
+            if any(r.get("uid") == uid for r in other["metadata"].get("ownerReferences") or [])
+        ]
+
+    def delete(self, collection: str, name: str, propagation: str = "Background") -> tuple[int, Obj]:
         with self.cond:
-            obj = self.objects.pop((collection, name), None)
+            obj = self.objects.get((collection, name))
             if obj is None:
                 return 404, _status(404, "NotFound", f"{name} not found")
-            self._bump(collection, "DELETED", obj)
-            uid = obj["metadata"]["uid"]
-            # Background garbage collection, as the kube-controller-manager does it.
-            for key, other in list(self.objects.items()):
-                if any(r.get("uid") == uid for r in other["metadata"].get("ownerReferences") or []):
-                    self.delete(*key)
-            return 200, copy.deepcopy(obj)
+            meta = obj["metadata"]
+            if propagation == "Foreground" and self._dependents(meta["uid"]):
+                meta["finalizers"] = [*(meta.get("finalizers") or []), "foregroundDeletion"]
+            if meta.get("finalizers"):
+                if not meta.get("deletionTimestamp"):
+                    meta["deletionTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    self._bump(collection, "MODIFIED", obj)
+                    if "foregroundDeletion" in meta["finalizers"]:
+                        for key in self._dependents(meta["uid"]):
+                            self.delete(*key)
+                return 200, copy.deepcopy(obj)
+            return 200, self._remove(collection, name)
+
+    def _remove(self, collection: str, name: str) -> Obj:
+        """The object goes; its dependents are collected (background), and an owner waiting in the
+        foreground for its last dependent goes too."""
+        obj = self.objects.pop((collection, name))
+        self._bump(collection, "DELETED", obj)
+        for key in self._dependents(obj["metadata"]["uid"]):
+            self.delete(*key)
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            for key, owner in list(self.objects.items()):
+                meta = owner["metadata"]
+                waiting = "foregroundDeletion" in (meta.get("finalizers") or [])
+                if meta["uid"] == ref.get("uid") and waiting and not self._dependents(meta["uid"]):
+                    meta["finalizers"] = [f for f in meta["finalizers"] if f != "foregroundDeletion"]
+                    if not meta["finalizers"]:
+                        self._remove(*key)
+        return copy.deepcopy(obj)
 
     def set_status(self, collection: str, name: str, status: Obj) -> None:
         """What a Kubernetes controller (the Job controller) would write."""
@@ -211,9 +286,34 @@ class _Handler(BaseHTTPRequestHandler):
         result: Obj = json.loads(self.rfile.read(n) or b"{}")
         return result
 
+    def _injected(self, method: str) -> bool:
+        """True when an injected failure answered the request."""
+        self.kube.requests.append((method, self.path))
+        code = self.kube._fault(method, self.path)
+        if code is None:
+            return False
+        self._send(code, _status(code, "ServiceUnavailable" if code == 503 else "Injected", "injected failure"))
+        return True
+
+    def _reply(self, method: str, code: int, body: Obj) -> None:
+        if self.kube._cut(method, self.path):
+            self.close_connection = True
+            self.connection.shutdown(2)  # applied, but the caller never hears of it
+            return
+        self._send(code, body)
+
     def do_GET(self) -> None:
-        collection, name, _, q = self._split()
-        self.kube.requests.append(("GET", self.path))
+        collection, name, sub, q = self._split()
+        if self._injected("GET"):
+            return
+        if name and sub == "log":
+            data = self.kube.logs.get(name, "").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if name:
             obj = self.kube.get(collection, name)
             self._send(200, obj) if obj else self._send(404, _status(404, "NotFound", f"{name} not found"))
@@ -262,26 +362,30 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         collection, _, _, _ = self._split()
-        self.kube.requests.append(("POST", self.path))
-        self._send(*self.kube.create(collection, self._body()))
+        if not self._injected("POST"):
+            self._reply("POST", *self.kube.create(collection, self._body()))
 
     def do_PUT(self) -> None:
         collection, name, _, _ = self._split()
-        self.kube.requests.append(("PUT", self.path))
         assert name
-        self._send(*self.kube.replace(collection, name, self._body()))
+        if not self._injected("PUT"):
+            self._reply("PUT", *self.kube.replace(collection, name, self._body()))
 
     def do_PATCH(self) -> None:
         collection, name, sub, _ = self._split()
-        self.kube.requests.append(("PATCH", self.path))
         assert name
+        if self._injected("PATCH"):
+            return
         if "merge-patch" not in (self.headers.get("Content-Type") or ""):
             self._send(415, _status(415, "UnsupportedMediaType", self.headers.get("Content-Type") or ""))
             return
-        self._send(*self.kube.patch(collection, name, self._body(), sub))
+        self._reply("PATCH", *self.kube.patch(collection, name, self._body(), sub))
 
     def do_DELETE(self) -> None:
-        collection, name, _, _ = self._split()
-        self.kube.requests.append(("DELETE", self.path))
+        collection, name, _, q = self._split()
         assert name
-        self._send(*self.kube.delete(collection, name))
+        if self._injected("DELETE"):
+            return
+        body = self._body()
+        propagation = q.get("propagationPolicy") or body.get("propagationPolicy") or "Background"
+        self._reply("DELETE", *self.kube.delete(collection, name, propagation))

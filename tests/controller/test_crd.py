@@ -77,6 +77,8 @@ def test_crd_is_valid_kubernetes_and_structural() -> None:
     assert columns == {
         "Phase": ".status.phase",
         "Stage": ".status.currentStage",
+        "Progress": ".status.progress",
+        "Reason": ".status.reason",
         "Run ID": ".status.runId",
         "Age": ".metadata.creationTimestamp",
     }

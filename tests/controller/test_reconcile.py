@@ -18,7 +18,7 @@ import yaml
 from pgx_core import clock
 from pgx_core.k8s.controller import Controller, child_name
 from tests.chart.k8s import check_job_spec, validate_k8s
-from tests.controller.conftest import CMS, JOBS, LEASES, PODS, RUNS, pipelinerun
+from tests.controller.conftest import CMS, EVENTS, JOBS, LEASES, PODS, RUNS, pipelinerun, running_pod
 from tests.controller.fakeapi import FakeKube
 
 pytestmark = pytest.mark.integration
@@ -217,17 +217,35 @@ def test_invalid_spec_is_reported_and_makes_no_job(kube: FakeKube, make_controll
     assert writes(kube)[before:] == []
 
 
-def test_deleting_the_run_collects_its_objects(kube: FakeKube, make_controller: Callable[..., Controller]) -> None:
-    # fakeapi deletes dependents by ownerReferences uid, as the garbage collector does.
+def test_deleting_the_run_stops_its_job_then_lets_it_go(
+    kube: FakeKube, make_controller: Callable[..., Controller]
+) -> None:
     ctl = make_controller()
     kube.create(RUNS, pipelinerun())
     kube.create(RUNS, pipelinerun("other"))
     for name in ("example", "other"):
         ctl.reconcile(run_of(kube, name))
-    assert len(kube.items(JOBS)) == 2
+    assert run_of(kube)["metadata"]["finalizers"] == ["pgx.io/stop-jobs"]
+    job = kube.get(JOBS, "pgx-example-g1")
+    assert job is not None
+    # The Job's pod: it ends only when pgx has stopped (the test's own finalizer stands for that).
+    kube.create(PODS, running_pod("pgx-example-g1", job["metadata"]["uid"]))
     kube.delete(RUNS, "example")
+    assert run_of(kube)["metadata"]["deletionTimestamp"]  # held by the finalizer
+    ctl.reconcile(run_of(kube))
+    deleting = kube.get(JOBS, "pgx-example-g1")
+    assert deleting is not None and deleting["metadata"]["deletionTimestamp"]  # foreground: waits for its pod
+    assert kube.get(PODS, "pgx-example-g1-pod")["metadata"]["deletionTimestamp"]  # the pod got SIGTERM
+    assert ctl.reconcile(run_of(kube)) == 2.0  # still stopping: looked at again soon
+    assert kube.get(RUNS, "example") is not None
+    kube.patch(PODS, "pgx-example-g1-pod", {"metadata": {"finalizers": []}}, None)  # pgx exited 75
+    assert kube.get(JOBS, "pgx-example-g1") is None
+    ctl.reconcile(run_of(kube))
+    assert kube.get(RUNS, "example") is None
     assert [j["metadata"]["name"] for j in kube.items(JOBS)] == ["pgx-other-g1"]
     assert [c["metadata"]["name"] for c in kube.items(CMS)] == ["pgx-other-g1"]
+    reasons = [e["reason"] for e in kube.items(EVENTS) if e["involvedObject"]["name"] == "example"]
+    assert "Stopping" in reasons
 
 
 def start(ctl: Controller) -> threading.Thread:
