@@ -3,9 +3,10 @@
     .venv/bin/python scripts/gen_crd.py            # write the CRD files and the example PipelineRun
     .venv/bin/python scripts/gen_crd.py --check    # exit 1 when one of them differs; write nothing
 
-Writes manifests/crd-pipelineruns.yaml, charts/pgx/crds/pipelineruns.yaml (Helm installs crds/
-first) and manifests/example-pipelinerun.yaml. :func:`manifest_files` gives the two manifests/
-files by name, for scripts/gen_manifests.py.
+Writes manifests/crd-pipelineruns.yaml, the chart's template charts/pgx/templates/crd-pipelineruns.yaml
+(the same CRD, rendered when ``controller.enabled`` and ``crds.install``, kept by ``helm uninstall``)
+and manifests/example-pipelinerun.yaml. :func:`manifest_files` gives the two manifests/ files by
+name, for scripts/gen_manifests.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = (ROOT / "manifests" / "crd-pipelineruns.yaml", ROOT / "charts" / "pgx" / "crds" / "pipelineruns.yaml")
+MANIFEST_PATH = ROOT / "manifests" / "crd-pipelineruns.yaml"
+CHART_PATH = ROOT / "charts" / "pgx" / "templates" / "crd-pipelineruns.yaml"
 EXAMPLE_PATH = ROOT / "manifests" / "example-pipelinerun.yaml"
 EXAMPLE = """\
 # An example PipelineRun for `pgx controller` (charts/pgx with controller.enabled=true, or the
@@ -51,16 +53,32 @@ HEADER = """\
 """
 
 
+def _dump(doc: dict[str, object]) -> str:
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
 def generate() -> str:
     from pgx_core.k8s.crd import crd_manifest  # noqa: PLC0415
 
-    body = yaml.safe_dump(crd_manifest(), sort_keys=False, default_flow_style=False, allow_unicode=True)
-    return HEADER + "---\n" + body
+    return HEADER + "---\n" + _dump(crd_manifest())
+
+
+def chart_template() -> str:
+    """The CRD as a chart template: only with the controller, only when ``crds.install``, and kept
+    by ``helm uninstall`` (deleting a CRD deletes every PipelineRun with it)."""
+    from pgx_core.k8s.crd import crd_manifest  # noqa: PLC0415
+
+    crd = crd_manifest()
+    crd["metadata"]["annotations"] = {"helm.sh/resource-policy": "keep"}
+    body = _dump(crd)
+    if "{{" in body or "}}" in body:
+        raise SystemExit("the CRD holds '{{' or '}}', which Helm would read as a template action")
+    return "{{- if and .Values.controller.enabled .Values.crds.install }}\n" + HEADER + body + "{{- end }}\n"
 
 
 def outputs(text: str | None = None) -> dict[Path, str]:
     crd = generate() if text is None else text
-    return {**dict.fromkeys(TARGETS, crd), EXAMPLE_PATH: EXAMPLE}
+    return {MANIFEST_PATH: crd, CHART_PATH: chart_template(), EXAMPLE_PATH: EXAMPLE}
 
 
 def manifest_files() -> dict[str, str]:
