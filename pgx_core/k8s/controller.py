@@ -46,14 +46,15 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from pgx_core import clock
-from pgx_core.errors import SpecError, UsageError
+from pgx_core.errors import SpecError
 from pgx_core.exitcodes import ExitCode
 from pgx_core.k8s import termination
 from pgx_core.k8s.crd import GROUP, PLURAL, VERSION
+from pgx_core.k8s.kubeconfig import load_config
 from pgx_core.k8s.metrics import Metrics, serve
 from pgx_core.k8s.render import CONTAINER, DEFAULT_IMAGE, DEFAULT_SERVICE_ACCOUNT, MAX_NAME, render_run
 from pgx_core.k8s.workqueue import WorkQueue, backoff
@@ -63,7 +64,6 @@ from pgx_core.stage import StageRegistry
 
 log = logging.getLogger("pgx.controller")
 _WATCH: Any = watch
-_CONFIG: Any = config
 
 LEASE_NAME = "pgx-controller"
 MANAGED_BY = "pgx-controller"
@@ -388,7 +388,12 @@ class Controller:
                     seen.exit_code = int(term["exitCode"])
                     seen.result = termination.parse(term.get("message"))
         if running and _terminal(job) is None:
-            text = self.core.read_namespaced_pod_log(running, self.namespace, container=CONTAINER, tail_lines=200)
+            try:
+                text = self.core.read_namespaced_pod_log(running, self.namespace, container=CONTAINER, tail_lines=200)
+            except ApiException as exc:
+                if exc.status not in (400, 404):  # the container not started yet, or the pod just gone
+                    raise
+                text = ""
             seen.stage = stage_from_log(text if isinstance(text, str) else "")
         return seen
 
@@ -566,7 +571,7 @@ class Controller:
 
     def _start(self, run: Mapping[str, Any], spec: RunSpec, generation: int, name: str) -> dict[str, Any] | None:
         status = run.get("status") or {}
-        if status.get("observedGeneration") == generation and status.get("phase") in TERMINAL:
+        if status.get("jobName") == name and status.get("phase") in TERMINAL:
             return None
         run_id = self._run_id(run, generation, None)
         # The run id goes into the status first: a controller restarted after this reuses it.
@@ -842,19 +847,6 @@ def _api_error(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _load_config() -> None:
-    try:
-        _CONFIG.load_incluster_config()
-    except _CONFIG.ConfigException:
-        try:
-            _CONFIG.load_kube_config()
-        except (_CONFIG.ConfigException, OSError) as exc:
-            raise UsageError(
-                "pgx controller: no Kubernetes configuration: not running in a cluster (no service account "
-                "token) and no usable kubeconfig (set KUBECONFIG or write ~/.kube/config)"
-            ) from exc
-
-
 def _current_namespace() -> str:
     path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
     try:
@@ -873,7 +865,7 @@ def main(namespace: str | None = None, image: str | None = None, metrics_port: i
     SIGTERM and SIGINT stop it cleanly (the Lease is released) with exit 0.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    _load_config()
+    load_config("pgx controller")
     ctl = Controller(
         namespace=namespace or _current_namespace(),
         image=image or os.environ.get("PGX_IMAGE") or DEFAULT_IMAGE,

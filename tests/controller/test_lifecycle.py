@@ -256,3 +256,36 @@ def test_metrics_and_probes_are_served(kube: FakeKube, make_controller: Callable
     finally:
         ctl.stop.set()
         server.shutdown()
+
+
+def test_a_restart_while_cancelling_neither_deletes_twice_nor_starts_early(
+    kube: FakeKube, make_controller: Callable[..., Controller]
+) -> None:
+    kube.create(RUNS, pipelinerun(onUpdate="cancel"))
+    make_controller().reconcile(run_of(kube))
+    job = start_job(kube, "pgx-example-g1")
+    kube.create(PODS, running_pod("pgx-example-g1", job["metadata"]["uid"]))
+    kube.patch(RUNS, "example", {"spec": {"limit": 5}}, None)
+    make_controller().reconcile(run_of(kube))  # asks for the delete, then the controller is gone
+    after = make_controller()
+    after.reconcile(run_of(kube))
+    assert running(kube) == ["pgx-example-g1"] and kube.get(JOBS, "pgx-example-g2") is None
+    deletes = [p for m, p in kube.requests if m == "DELETE"]
+    assert len(deletes) == 1  # the Job already being deleted is not deleted again
+    kube.patch(PODS, "pgx-example-g1-pod", {"metadata": {"finalizers": []}}, None)
+    after.reconcile(run_of(kube))
+    assert running(kube) == ["pgx-example-g2"]
+
+
+def test_a_pod_whose_log_is_not_readable_yet_does_not_stop_the_status(
+    kube: FakeKube, make_controller: Callable[..., Controller]
+) -> None:
+    ctl = make_controller()
+    kube.create(RUNS, pipelinerun())
+    ctl.reconcile(run_of(kube))
+    job = start_job(kube, "pgx-example-g1")
+    kube.create(PODS, running_pod("pgx-example-g1", job["metadata"]["uid"]))
+    kube.fail("GET", "/pods/pgx-example-g1-pod/log", times=1, status=400)  # container still starting
+    assert ctl.reconcile(run_of(kube)) == ctl.poll_seconds
+    status = run_of(kube)["status"]
+    assert status["phase"] == "Running" and status.get("currentStage") is None
