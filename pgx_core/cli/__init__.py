@@ -369,6 +369,30 @@ def cmd_controller(args: argparse.Namespace) -> int:
     return controller_main(args.namespace, args.image, args.metrics_port)
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pgx_core.k8s import runs  # noqa: PLC0415
+
+    api, namespace = runs.connect(args.namespace)
+    if args.action == "logs":  # text only, as it arrives: there is no document to print
+        for text in runs.log_text(api, namespace, args.name, follow=args.follow, tail=args.tail):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            if getattr(sys.stdout, "closed_by_reader", False):  # `pgx runs logs NAME -f | head`
+                break
+        return ExitCode.OK
+    if args.action == "get":
+        run = runs.get_run(api, namespace, args.name)
+        _emit(args, runs.run_doc(run), lambda: print("\n".join(runs.describe(run))))
+        return ExitCode.OK
+    found = runs.list_runs(api, namespace)
+
+    def human() -> None:
+        print("\n".join(runs.table(found)) if found else f"no PipelineRuns in namespace {namespace}")
+
+    _emit(args, {"runs": [runs.run_doc(r) for r in found]}, human)
+    return ExitCode.OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
@@ -422,6 +446,16 @@ def cmd_render(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
+def _lines(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of lines (0 or more), got {value!r}")
+    return n
+
+
 def _run_id(value: str) -> str:
     from pgx_core import clock  # noqa: PLC0415
 
@@ -433,7 +467,7 @@ def _run_id(value: str) -> str:
 SPEC_HELP = "the run spec (YAML, kind PipelineRun)"
 CORE_COMMANDS = (
     "validate", "plan", "run", "status", "rollback", "backup", "plugins", "init", "demo", "render", "controller",
-    "report",
+    "runs", "report",
 )  # fmt: skip
 
 
@@ -537,6 +571,24 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=8080, metavar="PORT",
         help="port of /metrics, /healthz and /readyz (0: none)",
     )  # fmt: skip
+
+    sp = add("runs", cmd_runs, "PipelineRuns and their status, for people who do not live in kubectl")
+    actions = sp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--namespace", help="namespace of the runs (default: the kubeconfig context's, else default)")
+
+    def action(name: str, help_: str) -> argparse.ArgumentParser:
+        ap = actions.add_parser(name, help=help_, description=help_, parents=[common, where])
+        ap.set_defaults(command_parser=ap)
+        return ap
+
+    action("list", "one row per PipelineRun: phase, stage, progress, entities, age")
+    ap = action("get", "a PipelineRun's status in words: phase, conditions, summaries, the next command")
+    ap.add_argument("name", metavar="NAME", help="the PipelineRun")
+    ap = action("logs", "the log of the pgx container of a PipelineRun's current Job (its newest pod)")
+    ap.add_argument("name", metavar="NAME", help="the PipelineRun")
+    ap.add_argument("-f", "--follow", action="store_true", help="go on printing the log until the container ends")
+    ap.add_argument("--tail", type=_lines, metavar="N", help="only the last N lines (default: all)")
 
     sp = add("report", cmd_report, "HTML report of a run, built from its summaries only")
     sp.add_argument("target", metavar="RUN_ID_OR_SPEC", help="a run id, or a spec (its latest run)")

@@ -300,13 +300,17 @@ def cli_parser() -> argparse.ArgumentParser:
     return build_parser(builtin_plugins())
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+Commands = list[tuple[str, str, argparse.ArgumentParser]]
 
 
-def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
-    """``(name, help, parser)`` of every sub-command, in the order the parser lists them (aliases left out)."""
-    action = _subparsers(parser)
+def subcommands(parser: argparse.ArgumentParser) -> Commands:
+    """``(name, help, parser)`` of every sub-command, in the order the parser lists them (aliases left
+    out); none for a parser without sub-commands (``pgx runs`` has some: ``list``, ``get``, ``logs``)."""
+    action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    return [] if action is None else _choices(action)
+
+
+def _choices(action: argparse._SubParsersAction[argparse.ArgumentParser]) -> Commands:
     helps = {a.dest: a.help or "" for a in action._choices_actions}
     seen: set[int] = set()
     out = []
@@ -397,9 +401,20 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
 
 
+def _anchor(prog: str) -> str:
+    return "#" + prog.replace(" ", "-")
+
+
+def _meaning(action: argparse.Action, prog: str) -> str:
+    """A table cell's meaning: the help, or for a command's own sub-commands links to their sections."""
+    if isinstance(action, argparse._SubParsersAction):
+        return "one of " + ", ".join(f"[`{name}`]({_anchor(sub.prog)})" for name, _, sub in _choices(action))
+    return _cell(_help(action, prog))
+
+
 def _arg_table(actions: list[argparse.Action], prog: str) -> str:
     lines = ["| argument | default | meaning |", "|---|---|---|"]
-    lines += [f"| {_cell(_names(a))} | {_cell(_arg_default(a))} | {_cell(_help(a, prog))} |" for a in actions]
+    lines += [f"| {_cell(_names(a))} | {_cell(_arg_default(a))} | {_meaning(a, prog)} |" for a in actions]
     return "\n".join(lines)
 
 
@@ -415,11 +430,15 @@ def cli_global_section() -> str:
     return f"```text\n{_usage(parser.prog, actions)}\n```\n\n{_arg_table(options, parser.prog)}"
 
 
-def _command_section(name: str, help_: str, sub: argparse.ArgumentParser, common: set[tuple[str, ...]]) -> str:
+def _command_section(
+    name: str, help_: str, sub: argparse.ArgumentParser, common: set[tuple[str, ...]], level: int = 2
+) -> str:
+    """A command's heading, help, usage line and arguments; then, a level down, its own sub-commands."""
+
     def own(actions: list[argparse.Action]) -> list[argparse.Action]:
         return [a for a in actions if _shown(a) and tuple(a.option_strings) not in common]
 
-    parts = [f"## {sub.prog}", _cell(_sentence(help_))]
+    parts = [f"{'#' * level} {sub.prog}", _cell(_sentence(help_))]
     plugin = getattr(sub.get_default("command_def"), "plugin", "")
     if plugin:
         parts.append(f"Added by the built-in plugin `{plugin}`.")
@@ -436,6 +455,7 @@ def _command_section(name: str, help_: str, sub: argparse.ArgumentParser, common
         if group.description:
             intro = f"{intro} {_sentence(group.description)}".strip()
         parts += [_cell(intro.rstrip(".") + ":"), _arg_table(actions, sub.prog)]
+    parts += [_command_section(n, h, p, common, level + 1) for n, h, p in subcommands(sub)]
     return "\n\n".join(parts)
 
 
@@ -445,7 +465,7 @@ def cli_commands_section() -> str:
     common = {tuple(a.option_strings) for a in parser._actions if a.option_strings}
     commands = subcommands(parser)
     index = ["| command | what it does |", "|---|---|"]
-    index += [f"| [`{sub.prog}`](#{sub.prog.replace(' ', '-')}) | {_cell(_sentence(h))} |" for _, h, sub in commands]
+    index += [f"| [`{sub.prog}`]({_anchor(sub.prog)}) | {_cell(_sentence(h))} |" for _, h, sub in commands]
     return "\n\n".join(["\n".join(index)] + [_command_section(n, h, sub, common) for n, h, sub in commands])
 
 

@@ -847,27 +847,19 @@ def _api_error(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _current_namespace() -> str:
-    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip()
-    except OSError:
-        return os.environ.get("POD_NAMESPACE", "default")
-
-
 def main(namespace: str | None = None, image: str | None = None, metrics_port: int = DEFAULT_METRICS_PORT) -> int:
     """Entry of ``pgx controller [--namespace NS] [--image IMG] [--metrics-port N]``; returns the exit code.
 
-    Configuration: in-cluster (ServiceAccount) or ``~/.kube/config``. Namespace default: the pod's
-    own namespace (or ``POD_NAMESPACE``); image default: ``PGX_IMAGE`` or ``pgx:<version>``.
+    Configuration: in-cluster (ServiceAccount) or ``~/.kube/config``. Namespace default:
+    ``POD_NAMESPACE``, else the pod's own, else the kubeconfig context's; image default:
+    ``PGX_IMAGE`` or ``pgx:<version>``.
     ``/metrics``, ``/healthz`` and ``/readyz`` are served on ``metrics_port`` (0: none).
     SIGTERM and SIGINT stop it cleanly (the Lease is released) with exit 0.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    load_config("pgx controller")
+    found = load_config("pgx controller")
     ctl = Controller(
-        namespace=namespace or _current_namespace(),
+        namespace=namespace or os.environ.get("POD_NAMESPACE") or found,
         image=image or os.environ.get("PGX_IMAGE") or DEFAULT_IMAGE,
         service_account=os.environ.get("PGX_RUN_SERVICE_ACCOUNT") or DEFAULT_SERVICE_ACCOUNT,
     )

@@ -10,7 +10,8 @@ collection of the objects whose ownerReferences name the deleted uid.
 Also, as the API server does it: ``generateName``; finalizers (a delete only sets
 ``deletionTimestamp`` while any remain, and the object goes when the last is removed); foreground
 deletion (``propagationPolicy: Foreground``: the owner stays, marked, until its dependents are
-gone); pod logs (``pods/<name>/log`` serves :attr:`FakeKube.logs`). For the tests: injected
+gone); pod logs (``pods/<name>/log`` serves :attr:`FakeKube.logs`, with ``tailLines``, and with
+``follow`` streams what is appended to it until the pod stops running). For the tests: injected
 failures (:meth:`FakeKube.fail`: answer N matching requests with an error) and lost responses
 (:meth:`FakeKube.cut_after`: apply a write, then close the connection without answering, as a
 controller killed mid-call would see it).
@@ -256,6 +257,14 @@ def _matches(obj: Obj, selector: str | None) -> bool:
     return True
 
 
+def _tail(text: str, lines: str | None) -> str:
+    """The last ``lines`` lines of ``text`` (``tailLines``); all of it without."""
+    if lines is None:
+        return text
+    kept = text.splitlines(keepends=True)
+    return "".join(kept[-int(lines) :]) if int(lines) else ""
+
+
 class _Handler(BaseHTTPRequestHandler):
     kube: FakeKube
     protocol_version = "HTTP/1.0"
@@ -307,7 +316,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self._injected("GET"):
             return
         if name and sub == "log":
-            data = self.kube.logs.get(name, "").encode()
+            if q.get("follow") in ("true", "1", "True"):
+                self._follow_log(collection, name, q.get("tailLines"))
+                return
+            data = _tail(self.kube.logs.get(name, ""), q.get("tailLines")).encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(data)))
@@ -326,6 +338,34 @@ class _Handler(BaseHTTPRequestHandler):
             items = [o for o in self.kube.items(collection) if _matches(o, selector)]
             rv = str(self.kube.rv)
         self._send(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items})
+
+    def _follow_log(self, collection: str, name: str, tail: str | None) -> None:
+        """A followed log (``follow=true``), chunked as the API server sends it: the text so far,
+        then what is appended to :attr:`FakeKube.logs` while the pod runs; it ends with the pod."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        kube = self.kube
+        sent = 0
+        while True:
+            pod = kube.get(collection, name)  # before the text: what it wrote before it stopped is sent
+            running = pod is not None and (pod.get("status") or {}).get("phase") == "Running"
+            text = kube.logs.get(name, "")
+            piece = _tail(text, tail) if sent == 0 else text[sent:]
+            sent = len(text)
+            try:
+                if piece:
+                    data = piece.encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+                if not running or kube.stopping:
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
+            except OSError:  # the reader went away
+                return
+            with kube.cond:
+                kube.cond.wait(0.05)
 
     def _watch(self, collection: str, since: int, selector: str | None, timeout: float) -> None:
         self.send_response(200)

@@ -87,7 +87,9 @@ def _commands(monkeypatch: pytest.MonkeyPatch, disabled: str) -> set[str]:
 
 
 def test_help_lists_no_command_of_a_disabled_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
-    core = {"validate", "plan", "run", "status", "rollback", "backup", "plugins", "render", "controller", "report"}
+    core = {
+        "validate", "plan", "run", "status", "rollback", "backup", "plugins", "render", "controller", "runs", "report",
+    }  # fmt: skip
     assert _commands(monkeypatch, "") == core | set(PLUGIN_COMMANDS)
     # The example plugin adds a stage to new projects, so init and demo stay; nothing built-in does.
     assert _commands(monkeypatch, ALONE["PGX_DISABLE_PLUGINS"]) == core | {"init", "demo"}

@@ -91,6 +91,15 @@ def test_every_subcommand_and_global_option_is_documented(monkeypatch: pytest.Mo
     assert documented == ["--json", "--log-level", "--version"]
 
 
+def test_the_sub_commands_of_a_command_are_documented_a_level_down() -> None:
+    text = read("cli.md")
+    runs = text[text.index("## pgx runs\n") : text.index("## pgx report\n")]
+    assert re.findall(r"^### (pgx runs \S+)$", runs, re.M) == ["pgx runs list", "pgx runs get", "pgx runs logs"]
+    for action in ("list", "get", "logs"):
+        assert f"](#pgx-runs-{action})" in runs and f"```text\npgx runs {action}" in runs
+    assert "| `--tail N` |  | only the last N lines (default: all) |" in runs
+
+
 # --- mkdocs ---------------------------------------------------------------------------------------
 
 # Not `-q`: mkdocs 1.6 raises its logger to ERROR under --quiet, so warnings are not counted and
