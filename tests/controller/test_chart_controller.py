@@ -63,6 +63,16 @@ def test_service_monitor_and_switches() -> None:
     assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     bare = {"controller": {"enabled": True, "metrics": {"service": False}, "podDisruptionBudget": {"enabled": False}}}
     assert not by_kind(render_chart(bare), "Service") and not by_kind(render_chart(bare), "PodDisruptionBudget")
+    # Every object of every switch is valid Kubernetes (the ServiceMonitor's CRD is not among the
+    # schemas here: its shape is checked above).
+    other = {"controller": {"enabled": True, "replicas": 2, "metricsPort": 9102, "runImage": "r.example/pgx:2"}}
+    for variant in (values, bare, other):
+        for obj in render_chart(variant):
+            if obj["kind"] != "ServiceMonitor":
+                validate_k8s(obj)
+    (dep,) = by_kind(render_chart(other), "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] == 9102
 
 
 def test_deployment_is_restricted_and_probed() -> None:
