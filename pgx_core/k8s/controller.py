@@ -4,8 +4,8 @@ A reconcile loop on the official ``kubernetes`` client (kopf was considered: its
 cluster-wide CRDs and RBAC of its own, its test harness a real API server, and it would bring a
 second concurrency model into pgx; the loop below is what pgx needs and no more):
 
-- **Leader election**: a ``coordination.k8s.io/v1`` Lease; only the holder acts, an expired Lease
-  is taken over with an optimistic-concurrency replace, so two controllers never both act.
+- **Leader election** (:mod:`pgx_core.k8s.leader`): a ``coordination.k8s.io/v1`` Lease; only the
+  holder acts, so two controllers never both act.
 - **Watches** of PipelineRuns and of the Jobs it made feed a **work queue** of run names
   (:mod:`pgx_core.k8s.workqueue`): a name is queued once however many events name it, and a
   reconcile that fails for any reason is retried after an exponential backoff with jitter. Every
@@ -19,11 +19,12 @@ second concurrency model into pgx; the loop below is what pgx needs and no more)
 - **Deletion**: a finalizer (``pgx.io/stop-jobs``) holds a deleted PipelineRun until its Jobs
   are gone (each deleted in the foreground, so its pod stops cleanly); then the garbage collector
   removes the ConfigMaps.
-- **Status**: ``observedGeneration``; ``conditions`` ``Accepted``, ``Running``, ``Succeeded``,
-  ``Failed``, ``Degraded`` (a run that failed some entities and did the rest); the phase; the
-  current stage and ``progress`` (stages begun of all) read from the pgx container's log while it
-  runs; entity counts from its termination message (:mod:`pgx_core.k8s.termination`). Every
-  transition and every error is also a Kubernetes Event on the PipelineRun.
+- **Status** (:mod:`pgx_core.k8s.status`): ``observedGeneration``; ``conditions`` ``Accepted``,
+  ``Running``, ``Succeeded``, ``Failed``, ``Degraded`` (a run that failed some entities and did
+  the rest); the phase; the current stage and ``progress`` (stages begun of all) read from the pgx
+  container's log while it runs; entity counts from its termination message
+  (:mod:`pgx_core.k8s.termination`). Every transition and every error is also a Kubernetes Event
+  on the PipelineRun.
 - **Operations**: Prometheus metrics, ``/healthz`` and ``/readyz`` (:mod:`pgx_core.k8s.metrics`).
 - **SIGTERM/SIGINT** set a stop event: watches end, the Lease is released, :func:`main` returns 0.
 """
@@ -31,10 +32,8 @@ second concurrency model into pgx; the loop below is what pgx needs and no more)
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import re
 import signal
 import socket
 import threading
@@ -42,7 +41,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -51,12 +49,24 @@ from kubernetes.client.exceptions import ApiException
 
 from pgx_core import clock
 from pgx_core.errors import SpecError
-from pgx_core.exitcodes import ExitCode
 from pgx_core.k8s import termination
 from pgx_core.k8s.crd import GROUP, PLURAL, VERSION
 from pgx_core.k8s.kubeconfig import load_config
+from pgx_core.k8s.kubetime import now, parse_time, rfc3339
+from pgx_core.k8s.leader import LeaderLease
 from pgx_core.k8s.metrics import Metrics, serve
 from pgx_core.k8s.render import CONTAINER, DEFAULT_IMAGE, DEFAULT_SERVICE_ACCOUNT, MAX_NAME, render_run
+from pgx_core.k8s.status import (
+    TERMINAL,
+    Observed,
+    conditions,
+    is_degraded,
+    job_phase,
+    job_running,
+    job_terminal,
+    phase_conditions,
+    stage_from_log,
+)
 from pgx_core.k8s.workqueue import WorkQueue, backoff
 from pgx_core.lake import paths
 from pgx_core.spec.runspec import API_VERSION, KIND, RunSpec, validate_document
@@ -72,19 +82,7 @@ FINALIZER = "pgx.io/stop-jobs"
 LABEL_RUN = "pgx.io/run-name"
 LABEL_GENERATION = "pgx.io/generation"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-TERMINAL = ("Succeeded", "Failed")
-CONDITIONS = ("Accepted", "Running", "Succeeded", "Failed", "Degraded")
 DEFAULT_METRICS_PORT = 8080
-# What a pgx exit code means, as (reason, message).
-EXIT_MEANING: dict[int, tuple[str, str]] = {
-    int(ExitCode.OK): ("Succeeded", "everything planned is completed or was already completed"),
-    int(ExitCode.INTERNAL): ("InternalError", "unexpected internal error"),
-    int(ExitCode.DATA): ("DataError", "a gate failed; nothing was promoted for the failing entity"),
-    int(ExitCode.CONFLICT): ("Conflict", "an entity is leased by another live run; the rest was done"),
-    int(ExitCode.USAGE): ("InvalidSpec", "invalid run spec or usage"),
-    int(ExitCode.TRANSIENT): ("Transient", "storage or cluster unavailable after retries, or interrupted"),
-}
-_EXIT_IN_MESSAGE = re.compile(r"exit code (\d+)")
 
 
 def child_name(run_name: str, generation: int) -> str:
@@ -97,60 +95,8 @@ def child_name(run_name: str, generation: int) -> str:
     return f"{name[: MAX_NAME - len(suffix) - 9].rstrip('-')}-{digest}{suffix}"
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _micro(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.replace("Z", "+00:00")
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def _rfc3339(value: Any) -> str | None:
-    """A Kubernetes Time (``2026-01-01T00:00:00Z``) of whatever the client handed back."""
-    ts = _parse_time(value)
-    return None if ts is None else ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _conflict_or_exists(exc: ApiException) -> bool:
     return bool(exc.status == 409)
-
-
-@dataclass
-class Observed:
-    """What the pgx container of a Job's latest pod says: exit code, termination document, stage."""
-
-    exit_code: int | None = None
-    result: dict[str, Any] | None = None
-    stage: str | None = None
-
-
-def _terminal(job: Mapping[str, Any]) -> str | None:
-    """``Complete`` or ``Failed`` when the Job has that condition, else None."""
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
-            return str(cond["type"])
-    return None
-
-
-def job_running(job: Mapping[str, Any]) -> bool:
-    """True while a Job may still write to the lake: not finished, being deleted, or with pods
-    still active or terminating after its end."""
-    st = job.get("status") or {}
-    if (job.get("metadata") or {}).get("deletionTimestamp"):
-        return True
-    return _terminal(job) is None or bool(st.get("active") or st.get("terminating"))
 
 
 def job_generation(job: Mapping[str, Any]) -> int:
@@ -159,73 +105,6 @@ def job_generation(job: Mapping[str, Any]) -> int:
         return int(labels.get(LABEL_GENERATION) or 0)
     except ValueError:
         return 0
-
-
-def conditions(
-    old: list[dict[str, Any]], wanted: Mapping[str, tuple[bool, str, str]], generation: int, now: str
-) -> list[dict[str, Any]]:
-    """Every condition type in :data:`CONDITIONS` order; ``lastTransitionTime`` moves only when
-    a condition's status changes."""
-    before = {c.get("type"): c for c in old}
-    out = []
-    for kind in CONDITIONS:
-        state, reason, message = wanted.get(kind, (False, "NotApplicable", ""))
-        status = "True" if state else "False"
-        prev = before.get(kind)
-        since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else now
-        out.append(
-            {
-                "type": kind,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": since,
-                "observedGeneration": generation,
-            }
-        )
-    return out
-
-
-def stage_from_log(text: str) -> str | None:
-    """The stage of the last JSON log line of ``pgx run`` that names one."""
-    for line in reversed(text.splitlines()):
-        if not line.startswith("{"):
-            continue
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and isinstance(doc.get("stage"), str):
-            return str(doc["stage"])
-    return None
-
-
-def _phase_conditions(phase: str, reason: str, message: str, degraded: bool) -> dict[str, tuple[bool, str, str]]:
-    """The conditions a phase implies: ``(status, reason, message)`` by type."""
-    invalid = reason == "InvalidSpec"
-    active = phase in ("Pending", "Waiting", "Running")
-
-    def only(when: bool, other: str) -> tuple[bool, str, str]:
-        return (True, reason, message) if when else (False, other, "")
-
-    return {
-        "Accepted": (False, reason, message) if invalid else (True, "SpecValid", "the spec is valid"),
-        "Running": (phase == "Running", reason, message) if active else (False, "Finished", ""),
-        "Succeeded": only(phase == "Succeeded", "NotSucceeded"),
-        "Failed": only(phase == "Failed", "NotFailed"),
-        "Degraded": (True, "PartlyDone", message) if degraded else (False, "NotDegraded", ""),
-    }
-
-
-def _degraded(phase: str, seen: Observed, result: Mapping[str, Any] | None) -> bool:
-    """A failed run that did part of its work: exit 3 (another run held some entities; the rest
-    was done), or exit 2 with entities completed or already done beside the failed ones."""
-    if phase != "Failed":
-        return False
-    if seen.exit_code == int(ExitCode.CONFLICT):
-        return True
-    totals = (result or {}).get("totals") or {}
-    return seen.exit_code == int(ExitCode.DATA) and bool(totals.get("completed") or totals.get("skipped"))
 
 
 @dataclass
@@ -256,7 +135,7 @@ class Controller:
         self.custom: Any = client.CustomObjectsApi(self.api)
         self.core: Any = client.CoreV1Api(self.api)
         self.batch: Any = client.BatchV1Api(self.api)
-        self.coordination: Any = client.CoordinationV1Api(self.api)
+        self.lease = LeaderLease(self.api, self.namespace, self.lease_name, self.identity, self.lease_duration_seconds)
         self.stop = threading.Event()
         self._watch_threads: list[threading.Thread] = []
         self.leading = False
@@ -265,69 +144,6 @@ class Controller:
         api: Any = self.api
         out: dict[str, Any] = api.sanitize_for_serialization(obj)
         return out
-
-    # ---------------------------------------------------------------- leader election
-
-    def try_acquire(self) -> bool:
-        """Take or renew the Lease; True when this controller holds it now."""
-        now = _now()
-        spec = {
-            "holderIdentity": self.identity,
-            "leaseDurationSeconds": self.lease_duration_seconds,
-            "renewTime": _micro(now),
-        }
-        try:
-            lease = self._dict(self.coordination.read_namespaced_lease(self.lease_name, self.namespace))
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": self.lease_name, "namespace": self.namespace},
-                "spec": {**spec, "acquireTime": _micro(now), "leaseTransitions": 0},
-            }
-            try:
-                self.coordination.create_namespaced_lease(self.namespace, body)
-            except ApiException as exc2:
-                if _conflict_or_exists(exc2):
-                    return False
-                raise
-            return True
-        current = lease.get("spec") or {}
-        holder = current.get("holderIdentity")
-        renewed = _parse_time(current.get("renewTime"))
-        duration = int(current.get("leaseDurationSeconds") or self.lease_duration_seconds)
-        expired = renewed is None or (now - renewed).total_seconds() > duration
-        if holder and holder != self.identity and not expired:
-            return False
-        new_spec = {**current, **spec}
-        if new_spec.get("acquireTime"):  # MicroTime: RFC 3339 with exactly six fraction digits
-            acquired = _parse_time(new_spec["acquireTime"])
-            new_spec["acquireTime"] = _micro(acquired) if acquired else None
-        if holder != self.identity:
-            new_spec["acquireTime"] = _micro(now)
-            new_spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + 1
-        lease["spec"] = new_spec
-        try:
-            self.coordination.replace_namespaced_lease(self.lease_name, self.namespace, lease)
-        except ApiException as exc:
-            if _conflict_or_exists(exc):  # someone else renewed or took it in between
-                return False
-            raise
-        return True
-
-    def release(self) -> None:
-        """Give up the Lease (if held) so another controller takes over at once."""
-        try:
-            lease = self._dict(self.coordination.read_namespaced_lease(self.lease_name, self.namespace))
-            if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-                return
-            lease["spec"]["holderIdentity"] = None
-            lease["spec"]["renewTime"] = None
-            self.coordination.replace_namespaced_lease(self.lease_name, self.namespace, lease)
-        except ApiException as exc:
-            log.warning("could not release lease %s: %s", self.lease_name, exc.reason)
 
     # ---------------------------------------------------------------- reading
 
@@ -387,7 +203,7 @@ class Controller:
                     newest = finished
                     seen.exit_code = int(term["exitCode"])
                     seen.result = termination.parse(term.get("message"))
-        if running and _terminal(job) is None:
+        if running and job_terminal(job) is None:
             try:
                 text = self.core.read_namespaced_pod_log(running, self.namespace, container=CONTAINER, tail_lines=200)
             except ApiException as exc:
@@ -419,7 +235,7 @@ class Controller:
     def event(self, run: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
         """A Kubernetes Event on the run. Best effort: a failure is logged, never raised."""
         meta = run["metadata"]
-        now = _rfc3339(_now())
+        stamp = rfc3339(now())
         body = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -437,8 +253,8 @@ class Controller:
             "source": {"component": COMPONENT},
             "reportingComponent": COMPONENT,
             "reportingInstance": self.identity,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
             "count": 1,
         }
         try:
@@ -586,7 +402,7 @@ class Controller:
         name = job["metadata"]["name"]
         run_id = self._run_id(run, generation, job)
         seen = self.observe(job)
-        phase, reason, message, extra = self.job_phase(job, seen)
+        phase, reason, message, extra = job_phase(job, seen)
         stages = [st.name for st in spec.stages]
         result = seen.result if seen.result and seen.result.get("runId") == run_id else None
         stage = (result or {}).get("lastStage") or seen.stage or (run.get("status") or {}).get("currentStage")
@@ -600,7 +416,7 @@ class Controller:
             "progress": f"{begun}/{len(stages)}" if begun else None,
             "entities": (result or {}).get("totals"),
         }
-        self._set_phase(run, status, phase, reason, message, degraded=_degraded(phase, seen, result))
+        self._set_phase(run, status, phase, reason, message, degraded=is_degraded(phase, seen, result))
         return None if phase in TERMINAL else self.poll_seconds
 
     def _set_phase(
@@ -611,14 +427,14 @@ class Controller:
         for every change of phase or reason."""
         old = run.get("status") or {}
         generation = int(status.get("observedGeneration") or 0)
-        wanted = _phase_conditions(phase, reason, message, degraded)
-        now = _rfc3339(_now()) or ""
+        wanted = phase_conditions(phase, reason, message, degraded)
+        stamp = rfc3339(now()) or ""
         new = {
             **status,
             "phase": phase,
             "reason": reason,
             "message": message,
-            "conditions": conditions(list(old.get("conditions") or []), wanted, generation, now),
+            "conditions": conditions(list(old.get("conditions") or []), wanted, generation, stamp),
         }
         if all(old.get(k) == v for k, v in new.items()):
             return  # nothing new (conditions keep their transition times): no write, no event
@@ -628,7 +444,7 @@ class Controller:
             warning = phase == "Failed"
             self.event(run, reason, f"{phase}: {message}", warning=warning)
             if phase in TERMINAL and status.get("startTime") and status.get("completionTime"):
-                began, ended = _parse_time(status["startTime"]), _parse_time(status["completionTime"])
+                began, ended = parse_time(status["startTime"]), parse_time(status["completionTime"])
                 if began and ended:
                     self.metrics.run_duration.labels(phase).observe((ended - began).total_seconds())
 
@@ -663,32 +479,6 @@ class Controller:
                 if env.get("name") == clock.RUN_ID_ENV:
                     return str(env.get("value"))
         return None
-
-    def job_phase(self, job: Mapping[str, Any], seen: Observed) -> tuple[str, str, str, dict[str, Any]]:
-        """``(phase, reason, message, times and exit code)`` of a Job."""
-        st = job.get("status") or {}
-        conds = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "True"}
-        extra: dict[str, Any] = {"startTime": _rfc3339(st.get("startTime")), "exitCode": None, "completionTime": None}
-        if "Complete" in conds:
-            reason, message = EXIT_MEANING[0]
-            extra.update(exitCode=0, completionTime=_rfc3339(st.get("completionTime") or conds["Complete"].get(
-                "lastTransitionTime")))  # fmt: skip
-            return "Succeeded", reason, message, extra
-        if "Failed" in conds:
-            cond = conds["Failed"]
-            found = _EXIT_IN_MESSAGE.search(str(cond.get("message") or ""))
-            code = int(found.group(1)) if found else seen.exit_code
-            if code is not None and code in EXIT_MEANING:
-                reason, meaning = EXIT_MEANING[code]
-                message = f"pgx exited with {code}: {meaning}"
-            else:
-                reason = str(cond.get("reason") or "JobFailed")
-                message = str(cond.get("message") or "the Job failed")
-            extra.update(exitCode=code, completionTime=_rfc3339(cond.get("lastTransitionTime")))
-            return "Failed", reason, message, extra
-        if st.get("active") or st.get("startTime"):
-            return "Running", "JobRunning", "the Job's pod is running", extra
-        return "Pending", "JobPending", "waiting for the Job's pod to start", extra
 
     # ---------------------------------------------------------------- loops
 
@@ -759,7 +549,7 @@ class Controller:
         Lease's duration (nobody may take it before it expires), then it stands by."""
         now = time.monotonic()
         try:
-            held = self.try_acquire()
+            held = self.lease.acquire()
         except Exception as exc:
             self._count_error(exc)
             self.metrics.api_ok = False
@@ -837,7 +627,7 @@ class Controller:
         finally:
             self.metrics.leader.set(0)
             if leading:
-                self.release()
+                self.lease.release()
 
 
 def _api_error(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from pgx_core.errors import TransientError, UsageError
 from pgx_core.k8s.crd import CRD_NAME, GROUP, PLURAL, VERSION
 from pgx_core.k8s.kubeconfig import load_config
+from pgx_core.k8s.kubetime import parse_time
 from pgx_core.k8s.render import CONTAINER
 
 COMMAND = "pgx runs"
@@ -178,19 +179,9 @@ def log_text(
 # --- showing ------------------------------------------------------------------------------------
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-
-
 def age(value: Any, now: datetime) -> str:
     """How long ago a Kubernetes time was, as ``kubectl get`` says it: ``45s``, ``5m``, ``3h``, ``2d``."""
-    ts = _time(value)
+    ts = parse_time(value)
     if ts is None:
         return "-"
     seconds = max(0, int((now - ts).total_seconds()))
@@ -302,7 +293,7 @@ def describe(run: Mapping[str, Any], now: datetime | None = None) -> list[str]:
         split = f"{int(totals.get('completed') or 0)} completed, {int(totals.get('skipped') or 0)} already done"
         field("entities", f"{entities_text(totals)} ({split})")
     field("exit code", st.get("exitCode"))
-    started, ended = _time(st.get("startTime")), _time(st.get("completionTime"))
+    started, ended = parse_time(st.get("startTime")), parse_time(st.get("completionTime"))
     if started:
         field("started", f"{st['startTime']} ({age(st['startTime'], now)} ago)")
     if ended:

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from pgx_core.k8s import termination
-from pgx_core.k8s.controller import LABEL_RUN, Controller, job_running
+from pgx_core.k8s.controller import LABEL_RUN, Controller
 from pgx_core.k8s.metrics import serve
+from pgx_core.k8s.status import job_running
 from pgx_core.k8s.workqueue import WorkQueue
 from tests.controller.conftest import CMS, EVENTS, JOBS, PODS, RUNS, pipelinerun, running_pod
 from tests.controller.fakeapi import FakeKube

@@ -304,8 +304,8 @@ def test_an_expired_lease_is_taken_over(kube: FakeKube, make_controller: Callabl
         },
     )
     live = make_controller(identity="live")
-    assert live.try_acquire()
-    assert not make_controller(identity="other").try_acquire()
+    assert live.lease.acquire()
+    assert not make_controller(identity="other").lease.acquire()
     (lease,) = kube.items(LEASES)
     assert lease["spec"]["holderIdentity"] == "live" and lease["spec"]["leaseTransitions"] == 1
 
