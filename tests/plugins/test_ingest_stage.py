@@ -184,7 +184,8 @@ def test_file_much_larger_than_the_budget_ingests_within_it(tmp_path: Path) -> N
     executor = {"type": "local", "memoryBudgetMb": budget}
     assert big.parent.name == "medical"
     medical = INGEST[1:]  # the other data type's raw folder is empty now: its stage would exit 2
-    peak_mb = _peak_rss_mb(spec(tmp_path, lake, medical, executor=executor), lake)
+    # Three runs: under a loaded CI machine two runs of the 196 MB file both peaked at 333 MB once.
+    peak_mb = _peak_rss_mb(spec(tmp_path, lake, medical, executor=executor), lake, repeats=3)
     # The fixed overhead (interpreter, pyarrow, boto3, pydantic, the runtime) measured the same way
     # on a one-line file, so the bound does not depend on this machine's libraries.
     tiny = tmp_path / "tiny"
