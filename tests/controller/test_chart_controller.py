@@ -99,18 +99,16 @@ def test_deployment_is_restricted_and_probed() -> None:
     assert not c.get("envFrom")
 
 
-def granted() -> set[tuple[str, str, str]]:
-    """``(group, resource, verb)`` the chart's Role grants, checked namespaced and wildcard-free."""
+def granted(role_name: str = "pgx-controller") -> set[tuple[str, str, str]]:
+    """``(group, resource, verb)`` the chart's Role ``role_name`` grants, checked namespaced and
+    wildcard-free (the controller's Role also checked bound to the controller's ServiceAccount)."""
     objects = render_chart(ENABLED)
     assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
-    (role,) = by_kind(objects, "Role")
-    (binding,) = by_kind(objects, "RoleBinding")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": role["metadata"]["name"],
-    }
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pgx-controller", "namespace": "pgx"}]
+    (role,) = [r for r in by_kind(objects, "Role") if r["metadata"]["name"] == role_name]
+    if role_name == "pgx-controller":
+        (binding,) = by_kind(objects, "RoleBinding")
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pgx-controller", "namespace": "pgx"}]
     out = set()
     for rule in role["rules"]:
         for group in rule["apiGroups"]:
@@ -173,3 +171,25 @@ def test_values_schema_rejects_unknown_controller_keys() -> None:
 
     with helm.Chart.load(str(CHART)) as chart, pytest.raises(Exception, match=r"(?i)additional|not allowed|schema"):
         chart.render(values={"controller": {"enabled": True, "bogus": 1}}, name="pgx", namespace="pgx")
+
+
+def test_the_viewer_role_grants_exactly_what_pgx_runs_reads(kube: FakeKube) -> None:
+    from kubernetes import client
+
+    from pgx_core.k8s import runs
+
+    kube.create(RUNS, pipelinerun())
+    kube.set_status(RUNS, "example", {"phase": "Running", "jobName": "pgx-example-g1"})
+    pod = running_pod("pgx-example-g1", "uid")
+    kube.create(PODS, pod)
+    kube.set_status(PODS, pod["metadata"]["name"], {"phase": "Running"})
+    kube.logs[pod["metadata"]["name"]] = '{"stage": "ingest-medical"}\n'
+    cfg = client.Configuration()
+    cfg.host = kube.url
+    api = client.ApiClient(cfg)
+    kube.requests.clear()
+    assert runs.list_runs(api, "pgx") and runs.get_run(api, "pgx", "example")
+    assert "".join(runs.log_text(api, "pgx", "example", tail=5)) == '{"stage": "ingest-medical"}\n'
+    assert used(kube.requests) == granted("pgx-runs-viewer")
+    roles = by_kind(render_chart({"controller": {"enabled": True, "viewerRole": False}}), "Role")
+    assert [r["metadata"]["name"] for r in roles] == ["pgx-controller"]
