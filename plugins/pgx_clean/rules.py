@@ -63,11 +63,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pgx_apcd.arrowutil import StringLookup
 from pgx_apcd.arrowutil import as_string as _as_string
 from pgx_apcd.arrowutil import contiguous as _contiguous
 from pgx_apcd.arrowutil import count_true as _count_true
@@ -326,44 +326,27 @@ def _json_fingerprint(entries: Mapping[str, str]) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class DrugMap:
+class DrugMap(StringLookup):
     """A validated drug map: canonical variant → canonical name. Build it with :func:`load_drug_map`."""
 
-    __slots__ = ("_entries", "_fingerprint", "_keys", "_values")
+    __slots__ = ()
 
     def __init__(self, entries: Mapping[str, str]) -> None:
         """Validate and canonicalize ``entries`` (a raw ``{variant: canonical}`` map).
 
-        Raises :class:`DrugMapError` listing every problem (see :func:`load_drug_map`).
+        Raises :class:`DrugMapError` listing every problem (see :func:`load_drug_map`). The
+        fingerprint is ``sha256:<hex>`` of the canonical entries as compact, key-sorted JSON.
         """
         canonical = _canonical_drug_entries(entries)
-        ordered = dict(sorted(canonical.items()))
-        self._entries: Mapping[str, str] = MappingProxyType(ordered)
-        self._keys = pa.array(list(ordered), _STRING)
-        self._values = pa.array(list(ordered.values()), _STRING)
-        self._fingerprint = _json_fingerprint(ordered)
-
-    @property
-    def entries(self) -> Mapping[str, str]:
-        """The canonical entries, sorted by key (read-only)."""
-        return self._entries
-
-    @property
-    def fingerprint(self) -> str:
-        """``sha256:<hex>`` of the canonical entries as compact, key-sorted JSON."""
-        return self._fingerprint
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        super().__init__(canonical, _json_fingerprint(canonical))
 
     def __repr__(self) -> str:
-        return f"DrugMap({len(self)} entries, {self._fingerprint})"
+        return f"DrugMap({len(self)} entries, {self.fingerprint})"
 
     def lookup(self, canonical: ArrayLike) -> Any:
         """Map already-canonical names; names not in the map are returned unchanged."""
         canonical = _as_string(canonical)
-        mapped = pc.take(self._values, pc.index_in(canonical, value_set=self._keys))
-        return pc.coalesce(mapped, canonical)
+        return pc.coalesce(self.mapped(canonical), canonical)
 
 
 def _canonical_drug_entries(mapping: Mapping[Any, Any]) -> dict[str, str]:

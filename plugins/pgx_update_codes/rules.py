@@ -40,11 +40,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pgx_apcd.arrowutil import StringLookup
 from pgx_apcd.arrowutil import as_string as _as_string
 from pgx_apcd.arrowutil import contiguous as _contiguous
 from pgx_apcd.arrowutil import count_true as _count_true
@@ -121,47 +121,34 @@ class CodeMapError(PgxError, ValueError):
         super().__init__(f"invalid {kind} code map ({n} problem{plural}): " + "; ".join(self.problems))
 
 
-class CodeMap:
+class CodeMap(StringLookup):
     """A validated code map: normalized variant → normalized code. Build it with :func:`load_code_map`."""
 
-    __slots__ = ("_entries", "_fingerprint", "_keys", "_kind", "_values")
+    __slots__ = ("_kind",)
 
     def __init__(self, mapping: Mapping[str, str], kind: CodeKind = "icd") -> None:
-        """Validate and normalize a raw ``{variant: code}`` map; raises :class:`CodeMapError`."""
+        """Validate and normalize a raw ``{variant: code}`` map; raises :class:`CodeMapError`.
+
+        The fingerprint is ``sha256:<hex>`` of ``{"kind", "entries"}`` as compact, key-sorted JSON.
+        """
         if kind not in _FLATTEN:
             raise ValueError(f"code map kind must be 'icd' or 'procedure', got {kind!r}")
         self._kind: CodeKind = kind
         entries = dict(sorted(_normalized_entries(mapping, kind).items()))
-        self._entries: Mapping[str, str] = MappingProxyType(entries)
-        self._keys = pa.array(list(entries), _STRING)
-        self._values = pa.array(list(entries.values()), _STRING)
         text = json.dumps({"kind": kind, "entries": entries}, sort_keys=True, separators=(",", ":"))
-        self._fingerprint = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+        super().__init__(entries, "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest())
 
     @property
     def kind(self) -> CodeKind:
         """``icd`` (target map) or ``procedure``: decides how keys are normalized."""
         return self._kind
 
-    @property
-    def entries(self) -> Mapping[str, str]:
-        """The normalized entries, sorted by key (read-only)."""
-        return self._entries
-
-    @property
-    def fingerprint(self) -> str:
-        """``sha256:<hex>`` of ``{"kind", "entries"}`` as compact, key-sorted JSON."""
-        return self._fingerprint
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def __repr__(self) -> str:
-        return f"CodeMap({self._kind}, {len(self)} entries, {self._fingerprint})"
+        return f"CodeMap({self._kind}, {len(self)} entries, {self.fingerprint})"
 
     def lookup(self, flat: ArrayLike) -> Any:
         """The mapped code for each already-normalized value; NULL where the map has no entry."""
-        return pc.take(self._values, pc.index_in(_as_string(flat), value_set=self._keys))
+        return self.mapped(flat)
 
 
 def _normalized_entries(mapping: Mapping[Any, Any], kind: CodeKind) -> dict[str, str]:
