@@ -51,7 +51,7 @@ from pgx_core import clock
 from pgx_core.errors import SpecError
 from pgx_core.k8s import termination
 from pgx_core.k8s.crd import GROUP, PLURAL, VERSION
-from pgx_core.k8s.kubeconfig import load_config
+from pgx_core.k8s.kubeconfig import load_config, plain
 from pgx_core.k8s.kubetime import now, parse_time, rfc3339
 from pgx_core.k8s.leader import LeaderLease
 from pgx_core.k8s.metrics import Metrics, serve
@@ -95,10 +95,6 @@ def child_name(run_name: str, generation: int) -> str:
     return f"{name[: MAX_NAME - len(suffix) - 9].rstrip('-')}-{digest}{suffix}"
 
 
-def _conflict_or_exists(exc: ApiException) -> bool:
-    return bool(exc.status == 409)
-
-
 def job_generation(job: Mapping[str, Any]) -> int:
     labels = (job.get("metadata") or {}).get("labels") or {}
     try:
@@ -140,11 +136,6 @@ class Controller:
         self._watch_threads: list[threading.Thread] = []
         self.leading = False
 
-    def _dict(self, obj: Any) -> dict[str, Any]:
-        api: Any = self.api
-        out: dict[str, Any] = api.sanitize_for_serialization(obj)
-        return out
-
     # ---------------------------------------------------------------- reading
 
     def list_runs(self) -> tuple[list[dict[str, Any]], str]:
@@ -162,8 +153,8 @@ class Controller:
 
     def jobs_of(self, run: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The Jobs this run owns, oldest generation first."""
-        listed = self._dict(
-            self.batch.list_namespaced_job(self.namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+        listed = plain(
+            self.api, self.batch.list_namespaced_job(self.namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
         )
         uid = run["metadata"].get("uid")
         owned = [
@@ -187,7 +178,7 @@ class Controller:
         """The pgx container of the Job's pods: the newest ended one's exit code and termination
         message, and, while one runs, the stage its log names last."""
         name = job["metadata"]["name"]
-        pods = self._dict(self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={name}"))
+        pods = plain(self.api, self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={name}"))
         seen = Observed()
         newest = ""
         running: str | None = None
@@ -214,14 +205,6 @@ class Controller:
         return seen
 
     # ---------------------------------------------------------------- writing
-
-    def _patch_status(self, run: Mapping[str, Any], status: dict[str, Any]) -> None:
-        old = run.get("status") or {}
-        if all(old.get(k) == v for k, v in status.items()):
-            return  # nothing new: no write, no watch event
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.namespace, PLURAL, run["metadata"]["name"], {"status": status}
-        )
 
     def _set_finalizers(self, run: Mapping[str, Any], finalizers: list[str]) -> dict[str, Any]:
         """Replace the run's finalizers; the resourceVersion makes a concurrent change a 409 (retried)."""
@@ -309,7 +292,7 @@ class Controller:
                 self.batch.create_namespaced_job(self.namespace, obj)
             log.info("created %s %s/%s", obj["kind"], self.namespace, obj["metadata"]["name"])
         except ApiException as exc:
-            if not _conflict_or_exists(exc):
+            if exc.status != 409:  # AlreadyExists: made by an earlier reconcile, which is fine
                 raise
 
     def _delete_job(self, job: Mapping[str, Any]) -> None:
@@ -438,7 +421,9 @@ class Controller:
         }
         if all(old.get(k) == v for k, v in new.items()):
             return  # nothing new (conditions keep their transition times): no write, no event
-        self._patch_status(run, new)
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.namespace, PLURAL, run["metadata"]["name"], {"status": new}
+        )
         changed = (old.get("phase"), old.get("reason"), old.get("observedGeneration")) != (phase, reason, generation)
         if changed and reason != "Creating":  # the JobCreated event follows at once
             warning = phase == "Failed"
@@ -466,7 +451,7 @@ class Controller:
 
     def _read_job(self, name: str) -> dict[str, Any] | None:
         try:
-            return self._dict(self.batch.read_namespaced_job(name, self.namespace))
+            return plain(self.api, self.batch.read_namespaced_job(name, self.namespace))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -490,7 +475,7 @@ class Controller:
         while not self.stop.is_set():
             try:
                 if not resource_version:
-                    listed = self._dict(list_func(**kw))
+                    listed = plain(self.api, list_func(**kw))
                     resource_version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
                     for item in listed.get("items") or []:
                         if k := key(item):

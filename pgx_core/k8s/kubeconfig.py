@@ -1,4 +1,5 @@
-"""Where the Kubernetes API is, for ``pgx controller`` and ``pgx runs``: in-cluster or kubeconfig.
+"""The Kubernetes API for ``pgx controller`` and ``pgx runs``: where it is (in-cluster or
+kubeconfig), and its answers as plain dicts (:func:`plain`).
 
 In a pod, the ServiceAccount's token and CA (``load_incluster_config``); elsewhere the kubeconfig
 (``$KUBECONFIG``, else ``~/.kube/config``) and its current context, as ``kubectl`` reads it. Either
@@ -43,3 +44,10 @@ def load_config(command: str) -> str:
             return fh.read().strip() or DEFAULT_NAMESPACE
     except OSError:
         return DEFAULT_NAMESPACE
+
+
+def plain(api: Any, obj: Any) -> dict[str, Any]:
+    """An answer of the client (a typed model, or already a dict) as the plain JSON-like dict the
+    API server sent: pgx reads objects by their wire names, whatever kind they are."""
+    out: dict[str, Any] = api.sanitize_for_serialization(obj)
+    return out

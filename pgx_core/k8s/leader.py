@@ -14,14 +14,10 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from pgx_core.k8s.kubeconfig import plain
 from pgx_core.k8s.kubetime import micro, now, parse_time
 
 log = logging.getLogger("pgx.controller")
-
-
-def _dict(api: Any, obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = api.sanitize_for_serialization(obj)
-    return out
 
 
 @dataclass
@@ -47,7 +43,7 @@ class LeaderLease:
             "renewTime": micro(at),
         }
         try:
-            lease = _dict(self.api, self.coordination.read_namespaced_lease(self.name, self.namespace))
+            lease = plain(self.api, self.coordination.read_namespaced_lease(self.name, self.namespace))
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -90,7 +86,7 @@ class LeaderLease:
     def release(self) -> None:
         """Give up the Lease (if held) so another controller takes over at once."""
         try:
-            lease = _dict(self.api, self.coordination.read_namespaced_lease(self.name, self.namespace))
+            lease = plain(self.api, self.coordination.read_namespaced_lease(self.name, self.namespace))
             if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
             lease["spec"]["holderIdentity"] = None

@@ -27,12 +27,12 @@ from kubernetes.client.exceptions import ApiException
 
 from pgx_core.errors import TransientError, UsageError
 from pgx_core.k8s.crd import CRD_NAME, GROUP, PLURAL, VERSION
-from pgx_core.k8s.kubeconfig import load_config
+from pgx_core.k8s.kubeconfig import load_config, plain
 from pgx_core.k8s.kubetime import parse_time
 from pgx_core.k8s.render import CONTAINER
+from pgx_core.k8s.status import TERMINAL
 
 COMMAND = "pgx runs"
-TERMINAL = ("Succeeded", "Failed")
 HEADERS = ("NAME", "PHASE", "STAGE", "PROGRESS", "ENTITIES", "AGE")
 # Seconds to connect and between two reads of an answer; a followed log waits as long as it takes.
 REQUEST_TIMEOUT = (10, 60)
@@ -81,12 +81,6 @@ def _calling(api: client.ApiClient, what: str, not_found: str | None = None) -> 
         ) from exc
 
 
-def _dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:
-    untyped: Any = api
-    out: dict[str, Any] = untyped.sanitize_for_serialization(obj)
-    return out
-
-
 def list_runs(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
     """The PipelineRuns of ``namespace``, sorted by name."""
     custom: Any = client.CustomObjectsApi(api)
@@ -126,7 +120,7 @@ def current_pod(api: client.ApiClient, namespace: str, run: Mapping[str, Any]) -
         raise TransientError(f"PipelineRun {name} has no Job yet (phase {phase}); try again once it starts")
     core: Any = client.CoreV1Api(api)
     with _calling(api, f"listing the pods of Job {job} in namespace {namespace}"):
-        listed = _dict(
+        listed = plain(
             api, core.list_namespaced_pod(namespace, label_selector=f"job-name={job}", _request_timeout=REQUEST_TIMEOUT)
         )
     pods = listed.get("items") or []
